@@ -1,0 +1,3 @@
+"""adfq-sim: ADFQ-ViT post-training quantization, integer-only ViT simulation, accelerator cost model."""
+
+__version__ = "0.1.0"

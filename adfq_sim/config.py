@@ -1,0 +1,231 @@
+"""Experiment config: a typed schema, validated completely before any work starts.
+
+Every key has a default, so a YAML file holding only `hardware:` is a complete config. Unknown keys
+are errors with a did-you-mean; a wrong type names the field. Relative paths are taken from the
+current working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from adfq_sim.errors import UserInputError
+
+BITS_PATTERN = re.compile(r"^w([2-8])a([2-8])$")
+DATA_KINDS = ("demo", "imagefolder", "random")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+DEFAULT_RANDOM_EVAL_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "demo"
+    checkpoint: Optional[str] = None
+    random_init: bool = False
+    num_classes: Optional[int] = None
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "demo"
+    root: Optional[str] = None
+    calib_split: str = "train"
+    eval_split: str = "val"
+    calib_images: int = 128
+    eval_images: Optional[int] = None
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class PercentileConfig:
+    percentile: float = 99.99
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    methods: list[str] = field(default_factory=lambda: ["minmax", "percentile"])
+    bits: list[str] = field(default_factory=lambda: ["w8a8", "w6a6", "w4a4"])
+    percentile: PercentileConfig = field(default_factory=PercentileConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "adfq-run"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    hardware: Union[str, dict] = "edge_npu"
+    out: str = "runs"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_bits(text: str, where: str = "quant.bits") -> tuple[int, int]:
+    """'w4a8' -> (4, 8); weight and activation bits each in 2..8."""
+    match = BITS_PATTERN.match(text) if isinstance(text, str) else None
+    if not match:
+        raise UserInputError(f"{where}: {text!r} is not a bit-width like 'w4a4' (weights and activations 2-8 bits)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return {type(None): "null", dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; return it in the schema's form."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except UserInputError:
+                continue
+        raise UserInputError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserInputError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    ok = {
+        type(None): value is None,
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        dict: isinstance(value, dict),
+    }[tp]
+    if not ok:
+        raise UserInputError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserInputError(f"{where or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            guess = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known keys: {', '.join(known)})"
+            raise UserInputError(f"{path}: unknown key{hint}")
+        values[key] = _coerce(value, hints[key], path)
+    return cls(**values)
+
+
+def _check_choice(value: str, choices: typing.Iterable[str], where: str) -> None:
+    choices = list(choices)
+    if value not in choices:
+        guess = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+        hint = f"did you mean '{guess[0]}'?" if guess else f"expected one of: {', '.join(choices)}"
+        raise UserInputError(f"{where}: unknown value {value!r} ({hint})")
+
+
+def _validate(cfg: Config) -> None:
+    """Semantic checks that the types alone cannot express (files exist, names are known, ranges)."""
+    from adfq_sim.models.loading import check_model_name
+    from adfq_sim.quant.recipes import METHODS
+
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", cfg.name):
+        raise UserInputError(f"name: {cfg.name!r} must be a plain folder name (letters, digits, . _ -)")
+    m, d, q = cfg.model, cfg.data, cfg.quant
+    check_model_name(m.name)
+    if m.checkpoint is not None:
+        path = Path(m.checkpoint)
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise UserInputError(f"model.checkpoint: {m.checkpoint} must end in one of {', '.join(CHECKPOINT_SUFFIXES)}")
+        if not path.is_file():
+            raise UserInputError(f"model.checkpoint: file not found: {m.checkpoint}")
+        if m.random_init:
+            raise UserInputError("model.random_init: cannot be true together with model.checkpoint")
+    elif m.name != "demo" and not m.random_init:
+        raise UserInputError(
+            f"model.checkpoint: required for timm model {m.name!r} (weights are never downloaded); "
+            "or set model.random_init: true")
+    if m.num_classes is not None and m.num_classes < 1:
+        raise UserInputError(f"model.num_classes: must be >= 1, got {m.num_classes}")
+    if m.name == "demo" and m.kwargs:
+        raise UserInputError("model.kwargs: the demo model's architecture is fixed; kwargs apply to timm models")
+
+    _check_choice(d.kind, DATA_KINDS, "data.kind")
+    if d.kind == "imagefolder":
+        if d.root is None:
+            raise UserInputError("data.root: required when data.kind is imagefolder")
+        for key in ("calib_split", "eval_split"):
+            folder = Path(d.root) / getattr(d, key)
+            if not folder.is_dir():
+                raise UserInputError(f"data.{key}: folder not found: {folder}")
+    elif d.root is not None:
+        raise UserInputError(f"data.root: only used with data.kind imagefolder (kind is {d.kind})")
+    if d.kind == "demo" and m.name != "demo":
+        raise UserInputError(f"data.kind: the demo data is 8x8 digits for the demo model; "
+                             f"use imagefolder or random with {m.name!r}")
+    for key in ("calib_images", "eval_images", "batch_size"):
+        value = getattr(d, key)
+        if value is not None and value < 1:
+            raise UserInputError(f"data.{key}: must be >= 1, got {value}")
+
+    if not q.methods:
+        raise UserInputError("quant.methods: at least one method is required")
+    for i, method in enumerate(q.methods):
+        _check_choice(method, METHODS, f"quant.methods[{i}]")
+    for i, bits in enumerate(q.bits):
+        parse_bits(bits, f"quant.bits[{i}]")
+    for key, values in (("methods", q.methods), ("bits", q.bits)):
+        if len(set(values)) != len(values):
+            raise UserInputError(f"quant.{key}: duplicate entries in {values}")
+    if not 50.0 < q.percentile.percentile <= 100.0:
+        raise UserInputError(f"quant.percentile.percentile: must be in (50, 100], got {q.percentile.percentile}")
+
+    from hw_models.presets import check_hardware
+
+    check_hardware(cfg.hardware)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> Config:
+    """Read, type-check and validate a YAML config. `overrides` are top-level keys (e.g. from the CLI)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserInputError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise UserInputError(f"{path}: the config must be a YAML mapping")
+    raw = {"name": path.stem, **raw, **(overrides or {})}
+    try:
+        cfg = _build(Config, raw, "")
+        _validate(cfg)
+    except UserInputError as exc:
+        raise UserInputError(f"{path}: {exc}") from None
+    return cfg

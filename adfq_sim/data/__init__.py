@@ -1,0 +1,1 @@
+"""Data sources: bundled demo digits, ImageNet-style folders, random tensors."""

@@ -1,0 +1,1 @@
+"""Model sources: the embedded demo ViT and timm models with local checkpoints."""

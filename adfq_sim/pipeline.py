@@ -1,0 +1,127 @@
+"""One run, end to end: model -> data -> FP32 reference -> calibrate + evaluate each (method, bits).
+
+`run_experiment` is the whole job as a plain function; the CLI only parses arguments and calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from adfq_sim.config import Config, parse_bits
+from adfq_sim.data.sources import DataSource, build_data_source
+from adfq_sim.environment import environment
+from adfq_sim.evaluate import agreement, collect_logits, sqnr_db, top1
+from adfq_sim.models.loading import load_model
+from adfq_sim.quant.model import QuantModel
+from adfq_sim.quant.recipes import build_recipe
+from adfq_sim.rundir import atomic_run_dir
+from reports.tables import results_csv
+
+log = logging.getLogger("adfq_sim")
+
+RESULTS_SCHEMA_VERSION = 1
+
+
+def _batches_total(count: int, batch_size: int) -> int:
+    return -(-count // batch_size)
+
+
+def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config, method: str, bits: str,
+                          fp_logits: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """Calibrate one (method, bits) on the calibration set and compare it with FP32 on the eval set."""
+    w_bits, a_bits = parse_bits(bits)
+    bs = cfg.data.batch_size
+    start = time.perf_counter()
+    qmodel = QuantModel(model, build_recipe(method, cfg.quant), w_bits, a_bits)
+    qmodel.calibrate((images for images, _ in data.batches("calib", bs)),
+                     total=_batches_total(data.description["calib_images"], bs))
+    calibrate_s = time.perf_counter() - start
+    start = time.perf_counter()
+    q_logits, _ = collect_logits(qmodel, data.batches("eval", bs),
+                                 _batches_total(data.description["eval_images"], bs), f"eval {method} {bits}")
+    return {
+        "method": method,
+        "bits": bits,
+        "w_bits": w_bits,
+        "a_bits": a_bits,
+        "top1": top1(q_logits, labels),
+        "agreement": agreement(q_logits, fp_logits),
+        "sqnr_db": sqnr_db(q_logits, fp_logits),
+        "timings": {"calibrate_s": calibrate_s, "eval_s": time.perf_counter() - start},
+    }
+
+
+def _attach_log(folder: Path) -> logging.Handler:
+    handler = logging.FileHandler(folder / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def run_experiment(cfg: Config) -> Path:
+    """Run the configured experiment and write `<out>/<name>/` (results.json, results.csv, run.log)."""
+    started = time.perf_counter()
+    final = Path(cfg.out) / cfg.name
+    with atomic_run_dir(final) as folder:
+        handler = _attach_log(folder)
+        try:
+            results = _run(cfg)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+        results["timings"] = {"total_s": time.perf_counter() - started}
+        _write_text(folder / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+        _write_text(folder / "results.csv", results_csv(results))
+    log.info("wrote %s", final)
+    return final
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def _run(cfg: Config) -> dict:
+    torch.manual_seed(cfg.seed)
+    loaded = load_model(cfg.model)
+    data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)
+    log.info("model %s (%s, %d classes); data %s: %d calibration / %d eval images", cfg.model.name,
+             loaded.source, loaded.num_classes, cfg.data.kind, data.description["calib_images"],
+             data.description["eval_images"])
+    bs = cfg.data.batch_size
+    start = time.perf_counter()
+    fp_logits, labels = collect_logits(loaded.model, data.batches("eval", bs),
+                                       _batches_total(data.description["eval_images"], bs), "eval fp32")
+    fp32 = {"top1": top1(fp_logits, labels), "timings": {"eval_s": time.perf_counter() - start}}
+    log.info("fp32 top1 %s", fp32["top1"])
+    entries = []
+    for bits in cfg.quant.bits:
+        for method in cfg.quant.methods:
+            entry = quantize_and_evaluate(loaded.model, data, cfg, method, bits, fp_logits, labels)
+            log.info("%s %s: top1 %s agreement %.2f sqnr %s dB", method, bits, entry["top1"],
+                     entry["agreement"], entry["sqnr_db"])
+            entries.append(entry)
+    return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "config": cfg.to_dict(),
+        "environment": environment(),
+        "model": {"name": cfg.model.name, "source": loaded.source, "checkpoint": loaded.checkpoint,
+                  "num_classes": loaded.num_classes,
+                  "parameters": sum(p.numel() for p in loaded.model.parameters())},
+        "data": data.description,
+        "quantized_ops": QUANTIZED_OPS,
+        "fp32": fp32,
+        "results": entries,
+    }
+
+
+# What every fake-quant number in results.json quantizes (printed next to the numbers, as published
+# tables differ on this).
+QUANTIZED_OPS = {
+    "quantized": ["patch_embed GEMM", "qkv", "Q.K^T", "softmax.V", "proj", "fc1", "fc2", "head"],
+    "float": ["LayerNorm", "softmax", "GELU", "residual adds", "class token / position embedding"],
+}

@@ -1,0 +1,1 @@
+"""Fake-quant side: quantizers, quantized modules, recipes (methods as data), QuantModel."""

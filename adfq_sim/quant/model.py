@@ -1,0 +1,113 @@
+"""QuantModel: a fake-quant copy of a timm ViT / DeiT built from a recipe, calibrated once.
+
+Every matrix multiplication gets quantized inputs and weights: patch embedding, qkv, Q.K^T,
+softmax.V, proj, fc1, fc2, head. LayerNorm, softmax, GELU and residual adds stay float (the paper's
+protocol). A module the recipe cannot place is refused, never silently left in float.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Iterator
+
+import torch
+from timm.layers import Attention
+from torch import nn
+from tqdm import tqdm
+
+from adfq_sim.errors import UserInputError
+from adfq_sim.quant.modules import QuantAttention, QuantConv2d, QuantLinear
+from adfq_sim.quant.quantizers import Quantizer
+from adfq_sim.quant.recipes import Recipe
+
+# Module-name suffix -> (activation role, weight role) for the GEMMs outside attention.
+_GEMM_ROLES = {
+    "patch_embed.proj": ("embed_in", "embed_w"),
+    "mlp.fc1": ("fc1_in", "fc1_w"),
+    "mlp.fc2": ("fc2_in", "fc2_w"),
+    "head": ("head_in", "head_w"),
+}
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+def _role_for(name: str) -> tuple[str, str] | None:
+    for suffix, roles in _GEMM_ROLES.items():
+        if name == suffix or name.endswith("." + suffix):
+            return roles
+    return None
+
+
+class QuantModel(nn.Module):
+    """Fake-quant model for one (recipe, w_bits, a_bits). The float model passed in is not modified."""
+
+    def __init__(self, float_model: nn.Module, recipe: Recipe, w_bits: int, a_bits: int) -> None:
+        super().__init__()
+        self.recipe, self.w_bits, self.a_bits = recipe, w_bits, a_bits
+        self.model = copy.deepcopy(float_model).eval()
+        self._quantize_modules()
+
+    def _gemm(self, module: nn.Module, act_role: str, weight_role: str) -> nn.Module:
+        act_q = self.recipe.activation(act_role, self.a_bits)
+        weight_q = self.recipe.weight(self.w_bits)
+        weight_q.calibrate_static(module.weight)
+        wrapper = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+        return wrapper(module, act_q, weight_q)
+
+    def _quantize_modules(self) -> None:
+        replacements: dict[str, nn.Module] = {}
+        handled: set[str] = set()
+        for name, module in self.model.named_modules():
+            if isinstance(module, Attention):
+                attn = QuantAttention(
+                    module,
+                    qkv=self._gemm(module.qkv, "qkv_in", "qkv_w"),
+                    proj=self._gemm(module.proj, "proj_in", "proj_w"),
+                    q_q=self.recipe.activation("q", self.a_bits),
+                    k_q=self.recipe.activation("k", self.a_bits),
+                    v_q=self.recipe.activation("v", self.a_bits),
+                    probs_q=self.recipe.activation("probs", self.a_bits),
+                )
+                replacements[name] = attn
+                handled.update({f"{name}.qkv", f"{name}.proj"})
+            elif isinstance(module, (nn.Linear, nn.Conv2d)) and name not in handled:
+                roles = _role_for(name)
+                if roles is None:
+                    raise UserInputError(
+                        f"model: cannot quantize {name} ({type(module).__name__}); supported: ViT / DeiT "
+                        "(patch_embed.proj, attention qkv/proj, mlp.fc1/fc2, head)")
+                replacements[name] = self._gemm(module, *roles)
+            elif "attention" in type(module).__name__.lower() and not isinstance(module, Attention):
+                raise UserInputError(f"model: unsupported attention module {name} ({type(module).__name__})")
+        for name, module in replacements.items():
+            _set_submodule(self.model, name, module)
+
+    def named_quantizers(self) -> Iterator[tuple[str, Quantizer]]:
+        for name, module in self.model.named_modules():
+            if isinstance(module, Quantizer):
+                yield name, module
+
+    def activation_quantizers(self) -> list[Quantizer]:
+        return [q for name, q in self.named_quantizers() if not name.endswith("weight_q")]
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[torch.Tensor], total: int | None = None) -> None:
+        """Observe float activations over the calibration batches, then freeze every quantizer."""
+        quantizers = self.activation_quantizers()
+        for q in quantizers:
+            q.begin_calibration()
+        try:
+            for images in tqdm(batches, total=total, desc=f"calibrate {self.recipe.name} "
+                               f"w{self.w_bits}a{self.a_bits}", unit="batch", disable=None, leave=False):
+                self.model(images)
+        finally:
+            for q in quantizers:
+                q.calibrating = False
+        for q in quantizers:
+            q.end_calibration()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

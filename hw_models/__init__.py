@@ -1,0 +1,1 @@
+"""Accelerator cost model. For now: accelerator presets by name; the cost model itself is issue 5."""

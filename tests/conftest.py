@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny timm models, checkpoints saved every supported way, small image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+
+TINY_VIT_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+TINY_VIT_NAME = "vit_tiny_patch16_224"
+
+
+def tiny_vit(num_classes: int = 3, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model(TINY_VIT_NAME, pretrained=False, num_classes=num_classes, **TINY_VIT_KWARGS).eval()
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def write_image_folder(root: Path, classes: int, per_class: int, seed: int = 0) -> None:
+    """root/<split>/<class>/*.{png,jpg}: PNG and JPEG mixed, sizes not equal to the model's."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for c in range(classes):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+                pixels[..., c % 3] = np.clip(pixels[..., c % 3].astype(int) + 80, 0, 255)
+                suffix = "png" if i % 2 == 0 else "jpg"
+                Image.fromarray(pixels).save(folder / f"img_{i}.{suffix}")
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    model = tiny_vit()
+    path = tmp_path / "tiny.pth"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    write_image_folder(root, classes=3, per_class=4)
+    return root

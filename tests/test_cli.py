@@ -1,0 +1,104 @@
+"""The command line: help texts, one-line errors with exit status 2, no run folder on failure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adfq_sim.cli import build_parser
+from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "adfq_sim", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_every_option() -> None:
+    parser = build_parser()
+    top = parser.format_help()
+    assert "run" in top and "train-demo" in top
+    subparsers = parser._subparsers._group_actions[0].choices  # the registered sub-commands
+    for command, options in (("run", ["--config", "--out", "--seed"]), ("train-demo", ["--out", "--epochs", "--seed"])):
+        text = subparsers[command].format_help()
+        for option in options:
+            assert option in text
+
+
+def test_typo_in_config_key(tmp_path: Path) -> None:
+    write_config(tmp_path / "c.yaml", {"quant": {"methds": ["minmax"]}})
+    proc = _cli("run", "--config", "c.yaml", "--out", "runs", cwd=tmp_path)
+    _assert_one_line_error(proc, "quant.methds", "did you mean 'methods'")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_config_and_bad_arguments(tmp_path: Path) -> None:
+    _assert_one_line_error(_cli("run", "--config", "nope.yaml", cwd=tmp_path), "nope.yaml")
+    _assert_one_line_error(_cli("run", cwd=tmp_path), "--config")
+    _assert_one_line_error(_cli("run", "--config", "x.yaml", "--seed", "one", cwd=tmp_path), "--seed")
+
+
+def test_class_count_mismatch_leaves_no_run_folder(tmp_path: Path, tiny_checkpoint, image_folder: Path) -> None:
+    path, _ = tiny_checkpoint  # 3 classes
+    (image_folder / "train" / "class_3").mkdir()
+    (image_folder / "val" / "class_3").mkdir()
+    for split in ("train", "val"):
+        src = next((image_folder / split / "class_0").iterdir())
+        (image_folder / split / "class_3" / src.name).write_bytes(src.read_bytes())
+    write_config(tmp_path / "c.yaml", {
+        "model": {"name": TINY_VIT_NAME, "checkpoint": str(path), "kwargs": TINY_VIT_KWARGS},
+        "data": {"kind": "imagefolder", "root": str(image_folder)},
+    })
+    proc = _cli("run", "--config", "c.yaml", "--out", "runs", cwd=tmp_path)
+    _assert_one_line_error(proc, "data.root", "4 class folders", "3 classes")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv", [["run", "--help"], ["--help"], ["train-demo", "--help"]])
+def test_help_exits_zero(tmp_path: Path, argv: list[str]) -> None:
+    proc = _cli(*argv, cwd=tmp_path)
+    assert proc.returncode == 0 and "usage" in proc.stdout
+
+
+def test_run_writes_results_and_prints_their_path(tmp_path: Path) -> None:
+    write_config(tmp_path / "small.yaml", {"data": {"calib_images": 16, "eval_images": 32},
+                                           "quant": {"methods": ["minmax"], "bits": ["w8a8"]}})
+    proc = _cli("run", "--config", "small.yaml", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(Path("out") / "small" / "results.json")
+    assert (tmp_path / "out" / "small" / "results.csv").is_file()
+
+
+def test_train_demo_is_deterministic(tmp_path: Path) -> None:
+    from adfq_sim.models.train_demo import DemoTrainRecipe, train_demo_vit
+
+    recipe = DemoTrainRecipe(epochs=2)
+    first, acc_first = train_demo_vit(recipe)
+    second, acc_second = train_demo_vit(recipe)
+    assert acc_first == acc_second
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_train_demo_command_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    proc = _cli("train-demo", "--epochs", "1", "--out", "demo.safetensors", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "sha256" in proc.stdout and "test" in proc.stderr
+    from adfq_sim.config import ModelConfig
+    from adfq_sim.models.loading import load_model
+
+    loaded = load_model(ModelConfig(checkpoint=str(tmp_path / "demo.safetensors")))
+    assert loaded.source == "demo"

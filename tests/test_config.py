@@ -1,0 +1,87 @@
+"""Config schema: defaults, types, typos with did-you-mean, and semantic checks naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adfq_sim.config import Config, load_config, parse_bits
+from adfq_sim.errors import UserInputError
+from conftest import write_config
+
+
+def test_hardware_only_config_is_complete(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path / "edge.yaml", {"hardware": "edge_npu"}))
+    assert cfg.name == "edge"  # the file's stem
+    assert cfg.model.name == "demo" and cfg.data.kind == "demo"
+    assert cfg.quant.methods == Config().quant.methods and cfg.quant.bits == ["w8a8", "w6a6", "w4a4"]
+
+
+def test_repo_default_config_loads() -> None:
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "edge_npu.yaml")
+    assert cfg.hardware == "edge_npu"
+
+
+@pytest.mark.parametrize(
+    "data, fragments",
+    [
+        ({"quant": {"methds": ["minmax"]}}, ["quant.methds", "did you mean 'methods'"]),
+        ({"modle": {}}, ["modle", "did you mean 'model'"]),
+        ({"data": {"batch_szie": 4}}, ["data.batch_szie", "did you mean 'batch_size'"]),
+        ({"seed": "abc"}, ["seed", "expected int"]),
+        ({"seed": True}, ["seed", "expected int"]),
+        ({"data": {"calib_images": 2.5}}, ["data.calib_images", "expected int"]),
+        ({"quant": {"bits": "w4a4"}}, ["quant.bits", "expected list"]),
+        ({"quant": {"methods": ["minmx"]}}, ["quant.methods[0]", "did you mean 'minmax'"]),
+        ({"quant": {"bits": ["w8a8", "w9a4"]}}, ["quant.bits[1]", "'w9a4'"]),
+        ({"quant": {"bits": ["w4"]}}, ["quant.bits[0]"]),
+        ({"quant": {"bits": ["w4a4", "w4a4"]}}, ["quant.bits", "duplicate"]),
+        ({"quant": {"percentile": {"percentile": 10}}}, ["quant.percentile.percentile"]),
+        ({"data": {"kind": "imagefolde"}}, ["data.kind", "did you mean 'imagefolder'"]),
+        ({"data": {"kind": "imagefolder"}}, ["data.root", "required"]),
+        ({"data": {"batch_size": 0}}, ["data.batch_size", ">= 1"]),
+        ({"model": {"name": "deit_smal_patch16_224", "random_init": True}},
+         ["model.name", "did you mean 'deit_small_patch16_224'"]),
+        ({"model": {"name": "deit_tiny_patch16_224"}}, ["model.checkpoint", "never downloaded"]),
+        ({"model": {"checkpoint": "nowhere.pth"}}, ["model.checkpoint", "nowhere.pth"]),
+        ({"model": {"checkpoint": "weights.bin"}}, ["model.checkpoint", ".safetensors"]),
+        ({"hardware": "edge_nup"}, ["hardware", "did you mean 'edge_npu'"]),
+        ({"name": "a/b"}, ["name"]),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path: Path, data: dict, fragments: list[str]) -> None:
+    path = write_config(tmp_path / "bad.yaml", data)
+    with pytest.raises(UserInputError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_imagefolder_needs_both_split_folders(tmp_path: Path) -> None:
+    (tmp_path / "root" / "train").mkdir(parents=True)
+    path = write_config(tmp_path / "c.yaml", {"data": {"kind": "imagefolder", "root": str(tmp_path / "root")}})
+    with pytest.raises(UserInputError, match=r"data\.eval_split: folder not found: .*val"):
+        load_config(path)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("quant: [unclosed\n")
+    with pytest.raises(UserInputError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(UserInputError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("text, expected", [("w8a8", (8, 8)), ("w4a8", (4, 8)), ("w2a3", (2, 3))])
+def test_parse_bits(text: str, expected: tuple[int, int]) -> None:
+    assert parse_bits(text) == expected
+
+
+@pytest.mark.parametrize("text", ["w1a8", "w8a9", "W8A8", "w8a8 ", "8a8", "w16a16"])
+def test_parse_bits_rejects(text: str) -> None:
+    with pytest.raises(UserInputError):
+        parse_bits(text)

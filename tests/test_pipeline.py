@@ -1,0 +1,108 @@
+"""End to end: image folders, random data, determinism, batch invariance, results schema, run folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adfq_sim.config import load_config
+from adfq_sim.data.demo import load_demo_split
+from adfq_sim.models.loading import load_model
+from adfq_sim.config import ModelConfig, QuantConfig
+from adfq_sim.pipeline import run_experiment
+from adfq_sim.quant.model import QuantModel
+from adfq_sim.quant.recipes import METHODS, build_recipe
+from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
+
+ENTRY_KEYS = {"method", "bits", "w_bits", "a_bits", "top1", "agreement", "sqnr_db", "timings"}
+
+
+def _strip_timings(value):
+    if isinstance(value, dict):
+        return {k: _strip_timings(v) for k, v in value.items() if k != "timings"}
+    if isinstance(value, list):
+        return [_strip_timings(v) for v in value]
+    return value
+
+
+def test_imagefolder_pipeline_with_a_checkpoint(tmp_path: Path, tiny_checkpoint, image_folder: Path) -> None:
+    path, _ = tiny_checkpoint
+    cfg = load_config(write_config(tmp_path / "folder.yaml", {
+        "model": {"name": TINY_VIT_NAME, "checkpoint": str(path), "kwargs": TINY_VIT_KWARGS},
+        "data": {"kind": "imagefolder", "root": str(image_folder), "calib_images": 6, "batch_size": 4},
+        "quant": {"methods": ["minmax", "percentile"], "bits": ["w8a8", "w4a4"]},
+        "out": str(tmp_path / "runs"),
+    }))
+    folder = run_experiment(cfg)
+    assert folder == tmp_path / "runs" / "folder"
+    results = json.loads((folder / "results.json").read_text())
+    assert results["data"]["calib_images"] == 6 and results["data"]["eval_images"] == 12
+    assert results["data"]["transform"]["input_size"] == [3, 32, 32]
+    assert results["model"]["num_classes"] == 3 and results["model"]["source"] == "checkpoint"
+    assert 0.0 <= results["fp32"]["top1"] <= 100.0
+    assert [(e["method"], e["bits"]) for e in results["results"]] == [
+        ("minmax", "w8a8"), ("percentile", "w8a8"), ("minmax", "w4a4"), ("percentile", "w4a4")]
+    for entry in results["results"]:
+        assert set(entry) == ENTRY_KEYS
+        assert 0.0 <= entry["agreement"] <= 100.0
+    by = {(e["method"], e["bits"]): e for e in results["results"]}
+    assert by[("minmax", "w8a8")]["sqnr_db"] > by[("minmax", "w4a4")]["sqnr_db"]
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    assert [r["method"] for r in rows] == ["fp32", "minmax", "percentile", "minmax", "percentile"]
+    assert (folder / "run.log").read_text().count("top1") >= 5
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["folder"]  # no temporary leftovers
+
+
+def test_random_data_pipeline_has_no_top1(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path / "rand.yaml", {
+        "model": {"name": TINY_VIT_NAME, "random_init": True, "num_classes": 4, "kwargs": TINY_VIT_KWARGS},
+        "data": {"kind": "random", "calib_images": 4, "eval_images": 6},
+        "quant": {"methods": ["minmax"], "bits": ["w8a8"]},
+        "out": str(tmp_path / "runs"),
+    }))
+    results = json.loads((run_experiment(cfg) / "results.json").read_text())
+    assert results["fp32"]["top1"] is None and results["results"][0]["top1"] is None
+    assert results["results"][0]["sqnr_db"] > 20.0
+
+
+def test_same_config_and_seed_give_identical_results(tmp_path: Path) -> None:
+    data = {"data": {"calib_images": 32, "eval_images": 64},
+            "quant": {"methods": ["minmax", "percentile"], "bits": ["w4a4"]}}
+    first = run_experiment(load_config(write_config(tmp_path / "det.yaml", {**data, "out": str(tmp_path / "a")})))
+    second = run_experiment(load_config(write_config(tmp_path / "det.yaml", {**data, "out": str(tmp_path / "b")})))
+    a = _strip_timings(json.loads((first / "results.json").read_text()))
+    b = _strip_timings(json.loads((second / "results.json").read_text()))
+    a["config"].pop("out"), b["config"].pop("out")
+    assert a == b
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("bits", [(8, 8), (4, 4)])
+def test_quantized_logits_do_not_depend_on_the_batch(method: str, bits: tuple[int, int]) -> None:
+    model = load_model(ModelConfig()).model
+    calib, _ = load_demo_split("calib")
+    qmodel = QuantModel(model, build_recipe(method, QuantConfig()), *bits)
+    qmodel.calibrate([calib[:64], calib[64:128]])
+    images, _ = load_demo_split("test")
+    batch = images[:32]
+    with torch.no_grad():
+        together = qmodel(batch)
+        alone = torch.cat([qmodel(batch[i:i + 1]) for i in range(len(batch))])
+        # A different companion batch: the same image next to unrelated ones.
+        shuffled = qmodel(torch.cat([batch[:1], images[100:131]]))[0]
+    assert torch.allclose(alone, together, atol=1e-4, rtol=1e-4)
+    assert torch.equal(alone.argmax(-1), together.argmax(-1))
+    assert torch.allclose(shuffled, alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_quantized_model_leaves_the_float_model_untouched() -> None:
+    model = load_model(ModelConfig()).model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    qmodel = QuantModel(model, build_recipe("minmax", QuantConfig()), 4, 4)
+    qmodel.calibrate([load_demo_split("calib")[0][:16]])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(type(m).__name__.startswith("Quant") for m in model.modules())
