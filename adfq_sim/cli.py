@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Our messages at INFO; other libraries' (timm's checkpoint chatter) only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("adfq_sim").setLevel(logging.INFO)
     try:
         return args.func(args)
     except UserInputError as exc:

@@ -56,9 +56,16 @@ def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config,
     }
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def _attach_log(folder: Path) -> logging.Handler:
+    """run.log gets the run's INFO messages whatever the caller's logging setup."""
     handler = logging.FileHandler(folder / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
     log.addHandler(handler)
     return handler
 
@@ -97,13 +104,13 @@ def _run(cfg: Config) -> dict:
     fp_logits, labels = collect_logits(loaded.model, data.batches("eval", bs),
                                        _batches_total(data.description["eval_images"], bs), "eval fp32")
     fp32 = {"top1": top1(fp_logits, labels), "timings": {"eval_s": time.perf_counter() - start}}
-    log.info("fp32 top1 %s", fp32["top1"])
+    log.info("fp32: top1 %s", _fmt(fp32["top1"]))
     entries = []
     for bits in cfg.quant.bits:
         for method in cfg.quant.methods:
             entry = quantize_and_evaluate(loaded.model, data, cfg, method, bits, fp_logits, labels)
-            log.info("%s %s: top1 %s agreement %.2f sqnr %s dB", method, bits, entry["top1"],
-                     entry["agreement"], entry["sqnr_db"])
+            log.info("%s %s: top1 %s, agreement %.2f %%, SQNR %s dB", method, bits, _fmt(entry["top1"]),
+                     entry["agreement"], _fmt(entry["sqnr_db"]))
             entries.append(entry)
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,

@@ -113,7 +113,9 @@ class UniformQuantizer(Quantizer):
         self.end_calibration()
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(round_ste(x / self.scale) + self.zero_point, 0, self.qmax)
+        # Clamping before rounding gives the same codes as after (zero_point is an integer) and keeps
+        # huge ratios (a tiny scale) finite for the straight-through estimator.
+        return round_ste(torch.clamp(x / self.scale + self.zero_point, 0, self.qmax))
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         return (codes - self.zero_point) * self.scale
