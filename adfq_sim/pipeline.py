@@ -17,7 +17,7 @@ from adfq_sim.data.sources import DataSource, build_data_source
 from adfq_sim.environment import environment
 from adfq_sim.evaluate import agreement, collect_logits, sqnr_db, top1
 from adfq_sim.models.loading import load_model
-from adfq_sim.quant.model import QuantModel
+from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.recipes import build_recipe
 from adfq_sim.rundir import atomic_run_dir
 from reports.tables import results_csv
@@ -32,18 +32,17 @@ def _batches_total(count: int, batch_size: int) -> int:
 
 
 def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config, method: str, bits: str,
-                          fp_logits: torch.Tensor, labels: torch.Tensor | None) -> dict:
-    """Calibrate one (method, bits) on the calibration set and compare it with FP32 on the eval set."""
+                          calib_batches: list[torch.Tensor], fp_logits: torch.Tensor,
+                          labels: torch.Tensor | None) -> dict:
+    """Calibrate one (method, bits) on the calibration images and compare it with FP32 on the eval set."""
     w_bits, a_bits = parse_bits(bits)
-    bs = cfg.data.batch_size
     start = time.perf_counter()
-    qmodel = QuantModel(model, build_recipe(method, cfg.quant), w_bits, a_bits)
-    qmodel.calibrate((images for images, _ in data.batches("calib", bs)),
-                     total=_batches_total(data.description["calib_images"], bs))
+    qmodel = quantize_model(model, build_recipe(method, cfg.quant), w_bits, a_bits, calib_batches)
     calibrate_s = time.perf_counter() - start
     start = time.perf_counter()
-    q_logits, _ = collect_logits(qmodel, data.batches("eval", bs),
-                                 _batches_total(data.description["eval_images"], bs), f"eval {method} {bits}")
+    q_logits, _ = collect_logits(qmodel, data.batches("eval", cfg.data.batch_size),
+                                 _batches_total(data.description["eval_images"], cfg.data.batch_size),
+                                 f"eval {method} {bits}")
     return {
         "method": method,
         "bits": bits,
@@ -104,11 +103,13 @@ def _run(cfg: Config) -> dict:
     fp_logits, labels = collect_logits(loaded.model, data.batches("eval", bs),
                                        _batches_total(data.description["eval_images"], bs), "eval fp32")
     fp32 = {"top1": top1(fp_logits, labels), "timings": {"eval_s": time.perf_counter() - start}}
+    # Calibration images are read once and shared by every (method, bits).
+    calib_batches = [images for images, _ in data.batches("calib", bs)]
     log.info("fp32: top1 %s", _fmt(fp32["top1"]))
     entries = []
     for bits in cfg.quant.bits:
         for method in cfg.quant.methods:
-            entry = quantize_and_evaluate(loaded.model, data, cfg, method, bits, fp_logits, labels)
+            entry = quantize_and_evaluate(loaded.model, data, cfg, method, bits, calib_batches, fp_logits, labels)
             log.info("%s %s: top1 %s, agreement %.2f %%, SQNR %s dB", method, bits, _fmt(entry["top1"]),
                      entry["agreement"], _fmt(entry["sqnr_db"]))
             entries.append(entry)

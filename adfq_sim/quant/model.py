@@ -8,7 +8,7 @@ protocol). A module the recipe cannot place is refused, never silently left in f
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import torch
 from timm.layers import Attention
@@ -94,7 +94,7 @@ class QuantModel(nn.Module):
         return [q for name, q in self.named_quantizers() if not name.endswith("weight_q")]
 
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor], total: int | None = None) -> None:
+    def calibrate(self, batches: Iterable[torch.Tensor], total: Optional[int] = None) -> None:
         """Observe float activations over the calibration batches, then freeze every quantizer."""
         quantizers = self.activation_quantizers()
         for q in quantizers:

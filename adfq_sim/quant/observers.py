@@ -40,23 +40,36 @@ class MinMaxObserver(Observer):
         return self.lo, self.hi
 
 
-class PercentileObserver(Observer):
-    """Clip at the p-th and (100-p)-th percentiles of all calibration values (per-tensor only)."""
+class SampleObserver(Observer):
+    """Keeps a bounded, deterministic sample of all calibration values (per tensor)."""
 
-    def __init__(self, percentile: float) -> None:
-        self.percentile = percentile
+    def __init__(self) -> None:
         self.samples: list[np.ndarray] = []
 
     def observe(self, x: torch.Tensor, reduce_dims: tuple[int, ...]) -> None:
         if len(reduce_dims) != x.ndim:
-            raise ValueError("the percentile observer supports per-tensor ranges only")
+            raise ValueError(f"{type(self).__name__} supports per-tensor ranges only")
         flat = x.reshape(-1)
         stride = max(1, -(-flat.numel() // PERCENTILE_SAMPLES_PER_BATCH))
         self.samples.append(flat[::stride].double().numpy())
 
-    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def values(self) -> np.ndarray:
         if not self.samples:
             raise RuntimeError("observer saw no data: run calibration batches first")
-        values = np.concatenate(self.samples)
-        lo, hi = np.percentile(values, [100.0 - self.percentile, self.percentile])
+        return np.concatenate(self.samples)
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        values = self.values()
+        return torch.tensor(values.min(), dtype=torch.float32), torch.tensor(values.max(), dtype=torch.float32)
+
+
+class PercentileObserver(SampleObserver):
+    """Clip at the p-th and (100-p)-th percentiles of all calibration values (per-tensor only)."""
+
+    def __init__(self, percentile: float) -> None:
+        super().__init__()
+        self.percentile = percentile
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = np.percentile(self.values(), [100.0 - self.percentile, self.percentile])
         return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adfq_sim.quant.observers import Observer
+from adfq_sim.quant.observers import Observer, SampleObserver
 from adfq_sim.quant.rounding import round_ste
 
 
@@ -129,4 +129,86 @@ class UniformQuantizer(Quantizer):
             "code_max": self.qmax,
             "scale": self.scale.detach().clone(),
             "zero_point": self.zero_point.to(torch.int32),
+        }
+
+
+LOG_BASES = {"sqrt2": 0.5, "2": 1.0}  # base name -> log2 of the base
+# Clip-range candidates (percentiles) searched by MSE, as in the ADFQ-ViT reference implementation.
+SEARCH_PERCENTILES = (99.9, 99.99, 99.999, 100.0)
+
+
+class LogQuantizer(Quantizer):
+    """Log quantizer: code q means `shift + delta * base**(-q)`; the top code means `shift` (zero).
+
+    x' = x - shift must be >= 0: shift = 0 for softmax outputs, shift = the GELU minimum for SLQ
+    (post-GELU), a static constant so a code never depends on the batch. Rounding is half up in the
+    log domain: q = round(-log_base(x' / delta)), clamped below at 0; q >= top code or x' <= 0 is zero.
+    delta comes from the calibration maximum (`delta_init="max"`) or an MSE search over percentile
+    clip ranges (`"search"`).
+    """
+
+    format = "log"
+
+    def __init__(self, bits: int, base: str = "sqrt2", shift: float = 0.0, delta_init: str = "max") -> None:
+        super().__init__(bits)
+        if base not in LOG_BASES:
+            raise ValueError(f"unknown log base {base!r}; expected one of {sorted(LOG_BASES)}")
+        if delta_init not in ("max", "search"):
+            raise ValueError(f"unknown delta_init {delta_init!r}")
+        self.base, self.shift, self.delta_init = base, float(shift), delta_init
+        self.log2_base = LOG_BASES[base]
+        self.delta = nn.Parameter(torch.ones(()), requires_grad=False)
+        self.observer: SampleObserver | None = SampleObserver()
+
+    @property
+    def zero_code(self) -> int:
+        return self.qmax
+
+    def observe(self, x: torch.Tensor) -> None:
+        self.observer.observe(x - self.shift, tuple(range(x.ndim)))
+
+    def _fake(self, shifted: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return self._levels(self._codes(shifted, delta), delta)
+
+    def freeze(self) -> None:
+        values = torch.from_numpy(self.observer.values()).float().clamp(min=0)
+        top = float(values.max())
+        if top <= 0:
+            delta = 1.0
+        elif self.delta_init == "max":
+            delta = top
+        else:
+            candidates = [float(torch.quantile(values, p / 100.0)) if values.numel() <= 1 << 24 else top
+                          for p in SEARCH_PERCENTILES]
+            candidates = [c for c in candidates if c > 0] or [top]
+            errors = [float(((self._fake(values, torch.tensor(c)) - values) ** 2).mean()) for c in candidates]
+            delta = candidates[errors.index(min(errors))]
+        self.delta = nn.Parameter(torch.tensor(delta, dtype=torch.float32), requires_grad=False)
+        self.observer = None
+
+    def _codes(self, shifted: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        ratio = torch.clamp(shifted / delta, min=torch.finfo(torch.float32).tiny)
+        raw = round_ste(torch.clamp(-torch.log2(ratio) / self.log2_base, 0, self.zero_code))
+        return torch.where(shifted > 0, raw, torch.full_like(raw, self.zero_code))
+
+    def _levels(self, codes: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        value = delta * torch.exp2(-codes * self.log2_base)
+        return torch.where(codes >= self.zero_code, torch.zeros_like(value), value)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return self._codes(x - self.shift, self.delta)
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._levels(codes, self.delta) + self.shift
+
+    def integer_form(self) -> dict:
+        return {
+            "format": self.format,
+            "bits": self.bits,
+            "base": self.base,
+            "code_min": 0,
+            "code_max": self.qmax,
+            "zero_code": self.zero_code,
+            "delta": self.delta.detach().clone(),
+            "shift": self.shift,
         }

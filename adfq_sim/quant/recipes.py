@@ -1,16 +1,20 @@
 """Quantization methods as data: which quantizer sits on which tensor, with which init.
 
-A recipe maps every tensor role of a ViT block (see ROLES) to a QuantizerSpec. Adding a method means
-adding a recipe here (and, for a new format, a quantizer class), never editing the quantized modules.
+A recipe maps every tensor role of a ViT block (see ACTIVATION_ROLES) to a QuantizerSpec, and may add
+two steps around calibration: `prepare` (an FP32-equivalent reparameterization of the float model that
+needs calibration data, e.g. RepQ-ViT) and `optimize` (after calibration, e.g. ASMO or PTQ4ViT's
+search). Adding a method means adding a recipe (and, for a new format, a quantizer kind registered
+with `register_kind`), never editing the quantized modules.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
 
 from adfq_sim.config import QuantConfig
 from adfq_sim.quant.observers import MinMaxObserver, PercentileObserver
-from adfq_sim.quant.quantizers import Quantizer, UniformQuantizer
+from adfq_sim.quant.quantizers import LogQuantizer, Quantizer, UniformQuantizer
 
 # Activation roles: the inputs of every matrix multiplication in a ViT.
 ACTIVATION_ROLES = (
@@ -23,29 +27,53 @@ ACTIVATION_ROLES = (
     "fc2_in",     # post-GELU
     "head_in",    # classifier input (post final norm, pooled)
 )
-# Weight roles: every weight matrix (always one spec, per output channel, in these recipes).
-WEIGHT_ROLES = ("embed_w", "qkv_w", "proj_w", "fc1_w", "fc2_w", "head_w")
+
+QuantizerFactory = Callable[..., Quantizer]
+QUANTIZER_KINDS: dict[str, QuantizerFactory] = {}
+
+
+def register_kind(name: str) -> Callable[[QuantizerFactory], QuantizerFactory]:
+    """Register `factory(bits, **options) -> Quantizer` under a kind name usable in QuantizerSpec."""
+    def decorate(factory: QuantizerFactory) -> QuantizerFactory:
+        QUANTIZER_KINDS[name] = factory
+        return factory
+    return decorate
+
+
+@register_kind("uniform")
+def _uniform(bits: int, granularity: str = "tensor", observer: str = "minmax",
+             percentile: float | None = None) -> Quantizer:
+    obs = MinMaxObserver() if observer == "minmax" else PercentileObserver(percentile)
+    return UniformQuantizer(bits, granularity, obs)
+
+
+@register_kind("log")
+def _log(bits: int, base: str = "sqrt2", shift: float = 0.0, delta_init: str = "max") -> Quantizer:
+    return LogQuantizer(bits, base, shift, delta_init)
 
 
 @dataclass(frozen=True)
 class QuantizerSpec:
-    kind: str          # "uniform"
-    granularity: str   # "tensor" | "channel"
-    observer: str      # "minmax" | "percentile"
-    percentile: float | None = None
+    kind: str
+    options: tuple[tuple[str, Any], ...] = ()
 
     def build(self, bits: int) -> Quantizer:
-        if self.kind != "uniform":
-            raise ValueError(f"unknown quantizer kind {self.kind!r}")
-        observer = MinMaxObserver() if self.observer == "minmax" else PercentileObserver(self.percentile)
-        return UniformQuantizer(bits, self.granularity, observer)
+        return QUANTIZER_KINDS[self.kind](bits, **dict(self.options))
+
+
+def spec(kind: str, **options: Any) -> QuantizerSpec:
+    return QuantizerSpec(kind, tuple(sorted(options.items())))
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     weights: QuantizerSpec
-    activations: dict[str, QuantizerSpec]
+    activations: Mapping[str, QuantizerSpec]
+    # prepare(float_model, calib_batches) -> an FP32-equivalent model to quantize instead.
+    prepare: Optional[Callable] = field(default=None, compare=False)
+    # optimize(qmodel, float_model, calib_batches) -> None: refines the calibrated quantizers in place.
+    optimize: Optional[Callable] = field(default=None, compare=False)
 
     def activation(self, role: str, bits: int) -> Quantizer:
         return self.activations[role].build(bits)
@@ -54,20 +82,25 @@ class Recipe:
         return self.weights.build(bits)
 
 
-WEIGHT_PER_CHANNEL_MINMAX = QuantizerSpec("uniform", "channel", "minmax")
+WEIGHT_PER_CHANNEL_MINMAX = spec("uniform", granularity="channel", observer="minmax")
+
+
+def uniform_everywhere(name: str, activation: QuantizerSpec, **overrides: QuantizerSpec) -> Recipe:
+    """A recipe with one activation spec on every role except the ones overridden."""
+    activations = {role: overrides.get(role, activation) for role in ACTIVATION_ROLES}
+    return Recipe(name, WEIGHT_PER_CHANNEL_MINMAX, activations)
 
 
 def _minmax(quant: QuantConfig) -> Recipe:
-    spec = QuantizerSpec("uniform", "tensor", "minmax")
-    return Recipe("minmax", WEIGHT_PER_CHANNEL_MINMAX, {role: spec for role in ACTIVATION_ROLES})
+    return uniform_everywhere("minmax", spec("uniform", observer="minmax"))
 
 
 def _percentile(quant: QuantConfig) -> Recipe:
-    spec = QuantizerSpec("uniform", "tensor", "percentile", quant.percentile.percentile)
-    return Recipe("percentile", WEIGHT_PER_CHANNEL_MINMAX, {role: spec for role in ACTIVATION_ROLES})
+    return uniform_everywhere("percentile", spec("uniform", observer="percentile",
+                                                 percentile=quant.percentile.percentile))
 
 
-METHODS = {"minmax": _minmax, "percentile": _percentile}
+METHODS: dict[str, Callable[[QuantConfig], Recipe]] = {"minmax": _minmax, "percentile": _percentile}
 
 
 def build_recipe(method: str, quant: QuantConfig) -> Recipe:
