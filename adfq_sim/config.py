@@ -51,11 +51,48 @@ class PercentileConfig:
     percentile: float = 99.99
 
 
+# ASMO settings per profile; explicit quant.adfq.asmo_* keys override them. `paper` is the reference
+# implementation's protocol (1024 images, batch 32, 3000 iterations per module); `fast` keeps the
+# demo run short.
+ASMO_PROFILES = {
+    "fast": {"asmo_iters": 200, "asmo_images": 128, "asmo_batch_size": 32},
+    "paper": {"asmo_iters": 3000, "asmo_images": 1024, "asmo_batch_size": 32},
+}
+
+
+@dataclass(frozen=True)
+class AdfqConfig:
+    ppoq: bool = True
+    slq: bool = True
+    asmo: bool = True
+    alpha_qkv: float = 5.0
+    alpha_fc1: float = 5.0
+    outliers: str = "int16"
+    log_base: str = "sqrt2"
+    profile: str = "fast"
+    asmo_iters: Optional[int] = None
+    asmo_images: Optional[int] = None
+    asmo_batch_size: Optional[int] = None
+    asmo_lr_weight: float = 3e-3
+    asmo_lr_act: float = 4e-5
+    asmo_round_reg: float = 0.01
+    asmo_kl_weight: float = 10.0
+    asmo_kl_temperature: float = 4.0
+    asmo_drop_prob: float = 0.5
+    device: str = "auto"
+
+    def asmo_setting(self, key: str) -> int:
+        """An ASMO size (asmo_iters / asmo_images / asmo_batch_size): explicit value or the profile's."""
+        value = getattr(self, key)
+        return ASMO_PROFILES[self.profile][key] if value is None else value
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     methods: list[str] = field(default_factory=lambda: ["minmax", "percentile"])
     bits: list[str] = field(default_factory=lambda: ["w8a8", "w6a6", "w4a4"])
     percentile: PercentileConfig = field(default_factory=PercentileConfig)
+    adfq: AdfqConfig = field(default_factory=AdfqConfig)
 
 
 @dataclass(frozen=True)
@@ -203,9 +240,30 @@ def _validate(cfg: Config) -> None:
     if not 50.0 < q.percentile.percentile <= 100.0:
         raise UserInputError(f"quant.percentile.percentile: must be in (50, 100], got {q.percentile.percentile}")
 
+    _validate_adfq(q.adfq)
+
     from hw_models.presets import check_hardware
 
     check_hardware(cfg.hardware)
+
+
+def _validate_adfq(a: AdfqConfig) -> None:
+    _check_choice(a.outliers, ("int16", "float"), "quant.adfq.outliers")
+    _check_choice(a.log_base, ("sqrt2", "2"), "quant.adfq.log_base")
+    _check_choice(a.profile, tuple(ASMO_PROFILES), "quant.adfq.profile")
+    _check_choice(a.device, ("auto", "cpu", "cuda"), "quant.adfq.device")
+    for key in ("alpha_qkv", "alpha_fc1", "asmo_lr_weight", "asmo_lr_act", "asmo_kl_temperature"):
+        if not getattr(a, key) > 0:
+            raise UserInputError(f"quant.adfq.{key}: must be > 0, got {getattr(a, key)}")
+    for key in ("asmo_round_reg", "asmo_kl_weight"):
+        if getattr(a, key) < 0:
+            raise UserInputError(f"quant.adfq.{key}: must be >= 0, got {getattr(a, key)}")
+    if not 0.0 <= a.asmo_drop_prob <= 1.0:
+        raise UserInputError(f"quant.adfq.asmo_drop_prob: must be in [0, 1], got {a.asmo_drop_prob}")
+    for key, low in (("asmo_iters", 0), ("asmo_images", 1), ("asmo_batch_size", 1)):
+        value = getattr(a, key)
+        if value is not None and value < low:
+            raise UserInputError(f"quant.adfq.{key}: must be >= {low}, got {value}")
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:

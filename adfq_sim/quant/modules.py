@@ -49,7 +49,9 @@ class QuantAttention(nn.Module):
     """timm's Attention with both matmuls explicit and their four operands quantized.
 
     Q and K are quantized before the 1/sqrt(d) scale, which is applied to the product (in the integer
-    program it folds into the requantization constant).
+    program it folds into the requantization constant). With `keep_probs` set, the softmax output
+    (before its quantizer) of the last forward is kept in `last_probs`: ASMO's attention-map loss
+    reads it.
     """
 
     def __init__(self, attn: Attention, qkv: QuantLinear, proj: QuantLinear,
@@ -62,6 +64,8 @@ class QuantAttention(nn.Module):
         self.qkv, self.proj = qkv, proj
         self.q_norm, self.k_norm, self.norm = attn.q_norm, attn.k_norm, attn.norm
         self.q_q, self.k_q, self.v_q, self.probs_q = q_q, k_q, v_q, probs_q
+        self.keep_probs = False
+        self.last_probs: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                 is_causal: bool = False) -> torch.Tensor:
@@ -73,6 +77,7 @@ class QuantAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         scores = (self.q_q(q) @ self.k_q(k).transpose(-2, -1)) * self.scale
         probs = scores.softmax(dim=-1)
+        self.last_probs = probs if self.keep_probs else None
         out = self.probs_q(probs) @ self.v_q(v)
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         return self.proj(self.norm(out))
