@@ -44,6 +44,9 @@ class DataConfig:
     calib_images: int = 128
     eval_images: Optional[int] = None
     batch_size: int = 64
+    crop_pct: Optional[float] = None
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,26 @@ class PercentileConfig:
     percentile: float = 99.99
 
 
+@dataclass(frozen=True)
+class Ptq4vitConfig:
+    """PTQ4ViT's Hessian-guided search: scale candidates alpha..beta times the max-based scale."""
+    candidates: int = 100
+    rounds: int = 3
+    alpha: float = 0.01
+    beta: float = 1.2
+    hessian: bool = True
+    images: Optional[int] = 32
+
+
 # ASMO settings per profile; explicit quant.adfq.asmo_* keys override them. `paper` is the reference
-# implementation's protocol (1024 images, batch 32, 3000 iterations per module); `fast` keeps the
-# demo run short.
+# implementation's protocol (1024 images, batch 32, 3000 iterations per module, Adam lr 3e-3 for the
+# rounding and 4e-5 for the steps); `fast` keeps the demo run short, with larger learning rates so
+# that 200 iterations still converge.
 ASMO_PROFILES = {
-    "fast": {"asmo_iters": 200, "asmo_images": 128, "asmo_batch_size": 32},
-    "paper": {"asmo_iters": 3000, "asmo_images": 1024, "asmo_batch_size": 32},
+    "fast": {"asmo_iters": 200, "asmo_images": 128, "asmo_batch_size": 32,
+             "asmo_lr_weight": 1e-2, "asmo_lr_act": 1e-3},
+    "paper": {"asmo_iters": 3000, "asmo_images": 1024, "asmo_batch_size": 32,
+              "asmo_lr_weight": 3e-3, "asmo_lr_act": 4e-5},
 }
 
 
@@ -73,16 +90,16 @@ class AdfqConfig:
     asmo_iters: Optional[int] = None
     asmo_images: Optional[int] = None
     asmo_batch_size: Optional[int] = None
-    asmo_lr_weight: float = 3e-3
-    asmo_lr_act: float = 4e-5
+    asmo_lr_weight: Optional[float] = None
+    asmo_lr_act: Optional[float] = None
     asmo_round_reg: float = 0.01
     asmo_kl_weight: float = 10.0
     asmo_kl_temperature: float = 4.0
     asmo_drop_prob: float = 0.5
     device: str = "auto"
 
-    def asmo_setting(self, key: str) -> int:
-        """An ASMO size (asmo_iters / asmo_images / asmo_batch_size): explicit value or the profile's."""
+    def asmo_setting(self, key: str) -> float:
+        """An ASMO setting that has a profile default: the explicit value, else the profile's."""
         value = getattr(self, key)
         return ASMO_PROFILES[self.profile][key] if value is None else value
 
@@ -92,6 +109,7 @@ class QuantConfig:
     methods: list[str] = field(default_factory=lambda: ["minmax", "percentile"])
     bits: list[str] = field(default_factory=lambda: ["w8a8", "w6a6", "w4a4"])
     percentile: PercentileConfig = field(default_factory=PercentileConfig)
+    ptq4vit: Ptq4vitConfig = field(default_factory=Ptq4vitConfig)
     adfq: AdfqConfig = field(default_factory=AdfqConfig)
 
 
@@ -218,8 +236,16 @@ def _validate(cfg: Config) -> None:
             folder = Path(d.root) / getattr(d, key)
             if not folder.is_dir():
                 raise UserInputError(f"data.{key}: folder not found: {folder}")
-    elif d.root is not None:
-        raise UserInputError(f"data.root: only used with data.kind imagefolder (kind is {d.kind})")
+        if d.crop_pct is not None and not 0.0 < d.crop_pct <= 1.0:
+            raise UserInputError(f"data.crop_pct: must be in (0, 1], got {d.crop_pct}")
+        for key in ("mean", "std"):
+            values = getattr(d, key)
+            if values is not None and (not values or (key == "std" and min(values) <= 0)):
+                raise UserInputError(f"data.{key}: expected one value per channel{' (> 0)' if key == 'std' else ''}, got {values}")
+    else:
+        for key in ("root", "crop_pct", "mean", "std"):
+            if getattr(d, key) is not None:
+                raise UserInputError(f"data.{key}: only used with data.kind imagefolder (kind is {d.kind})")
     if d.kind == "demo" and m.name != "demo":
         raise UserInputError(f"data.kind: the demo data is 8x8 digits for the demo model; "
                              f"use imagefolder or random with {m.name!r}")
@@ -240,11 +266,21 @@ def _validate(cfg: Config) -> None:
     if not 50.0 < q.percentile.percentile <= 100.0:
         raise UserInputError(f"quant.percentile.percentile: must be in (50, 100], got {q.percentile.percentile}")
 
+    _validate_ptq4vit(q.ptq4vit)
     _validate_adfq(q.adfq)
 
     from hw_models.presets import check_hardware
 
     check_hardware(cfg.hardware)
+
+
+def _validate_ptq4vit(p: Ptq4vitConfig) -> None:
+    for key, low in (("candidates", 1), ("rounds", 0), ("images", 1)):
+        value = getattr(p, key)
+        if value is not None and value < low:
+            raise UserInputError(f"quant.ptq4vit.{key}: must be >= {low}, got {value}")
+    if not 0.0 < p.alpha < p.beta:
+        raise UserInputError(f"quant.ptq4vit.alpha, beta: need 0 < alpha < beta, got {p.alpha}, {p.beta}")
 
 
 def _validate_adfq(a: AdfqConfig) -> None:
@@ -253,7 +289,7 @@ def _validate_adfq(a: AdfqConfig) -> None:
     _check_choice(a.profile, tuple(ASMO_PROFILES), "quant.adfq.profile")
     _check_choice(a.device, ("auto", "cpu", "cuda"), "quant.adfq.device")
     for key in ("alpha_qkv", "alpha_fc1", "asmo_lr_weight", "asmo_lr_act", "asmo_kl_temperature"):
-        if not getattr(a, key) > 0:
+        if getattr(a, key) is not None and not getattr(a, key) > 0:
             raise UserInputError(f"quant.adfq.{key}: must be > 0, got {getattr(a, key)}")
     for key in ("asmo_round_reg", "asmo_kl_weight"):
         if getattr(a, key) < 0:

@@ -40,6 +40,7 @@ def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config,
     qmodel = quantize_model(model, build_recipe(method, cfg.quant), w_bits, a_bits, calib_batches)
     calibrate_s = time.perf_counter() - start
     start = time.perf_counter()
+    qmodel.reset_outlier_counters()
     q_logits, _ = collect_logits(qmodel, data.batches("eval", cfg.data.batch_size),
                                  _batches_total(data.description["eval_images"], cfg.data.batch_size),
                                  f"eval {method} {bits}")
@@ -51,6 +52,8 @@ def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config,
         "top1": top1(q_logits, labels),
         "agreement": agreement(q_logits, fp_logits),
         "sqnr_db": sqnr_db(q_logits, fp_logits),
+        "outlier_ratio": qmodel.outlier_ratios(),
+        "optimization": qmodel.optimization_report,
         "timings": {"calibrate_s": calibrate_s, "eval_s": time.perf_counter() - start},
     }
 
@@ -130,6 +133,8 @@ def _run(cfg: Config) -> dict:
 # What every fake-quant number in results.json quantizes (printed next to the numbers, as published
 # tables differ on this).
 QUANTIZED_OPS = {
-    "quantized": ["patch_embed GEMM", "qkv", "Q.K^T", "softmax.V", "proj", "fc1", "fc2", "head"],
-    "float": ["LayerNorm", "softmax", "GELU", "residual adds", "class token / position embedding"],
+    "quantized": ["patch_embed GEMM", "qkv", "Q.K^T", "softmax.V", "proj", "fc1", "fc2", "head",
+                  "Swin patch-merging reduction"],
+    "float": ["LayerNorm", "softmax", "GELU", "residual adds", "class token / position embedding",
+              "Swin relative position bias and window mask"],
 }

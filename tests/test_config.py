@@ -23,6 +23,17 @@ def test_repo_default_config_loads() -> None:
     assert cfg.hardware == "edge_npu"
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "ablations").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_ablation_configs_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.quant.methods == ["adfq"] and cfg.quant.bits == ["w4a4", "w3a3"]
+    a = cfg.quant.adfq
+    expected_off = {"full": set(), "no_ppoq": {"ppoq"}, "no_slq": {"slq"}, "no_asmo": {"asmo"},
+                    "none": {"ppoq", "slq", "asmo"}}[path.stem]
+    assert {k for k in ("ppoq", "slq", "asmo") if not getattr(a, k)} == expected_off
+
+
 @pytest.mark.parametrize(
     "data, fragments",
     [
@@ -41,6 +52,12 @@ def test_repo_default_config_loads() -> None:
         ({"data": {"kind": "imagefolde"}}, ["data.kind", "did you mean 'imagefolder'"]),
         ({"data": {"kind": "imagefolder"}}, ["data.root", "required"]),
         ({"data": {"batch_size": 0}}, ["data.batch_size", ">= 1"]),
+        ({"data": {"crop_pct": 0.9}}, ["data.crop_pct", "only used with data.kind imagefolder"]),
+        ({"quant": {"adfq": {"outliers": "int8"}}}, ["quant.adfq.outliers", "int16"]),
+        ({"quant": {"adfq": {"profile": "papr"}}}, ["quant.adfq.profile", "did you mean 'paper'"]),
+        ({"quant": {"adfq": {"alpha_qkv": 0}}}, ["quant.adfq.alpha_qkv", "> 0"]),
+        ({"quant": {"adfq": {"asmo_drop_prob": 1.5}}}, ["quant.adfq.asmo_drop_prob"]),
+        ({"quant": {"adfq": {"asmo_iter": 5}}}, ["quant.adfq.asmo_iter", "did you mean 'asmo_iters'"]),
         ({"model": {"name": "deit_smal_patch16_224", "random_init": True}},
          ["model.name", "did you mean 'deit_small_patch16_224'"]),
         ({"model": {"name": "deit_tiny_patch16_224"}}, ["model.checkpoint", "never downloaded"]),

@@ -18,7 +18,8 @@ from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.recipes import METHODS, build_recipe
 from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
 
-ENTRY_KEYS = {"method", "bits", "w_bits", "a_bits", "top1", "agreement", "sqnr_db", "timings"}
+ENTRY_KEYS = {"method", "bits", "w_bits", "a_bits", "top1", "agreement", "sqnr_db", "outlier_ratio",
+              "optimization", "timings"}
 
 
 def _strip_timings(value):
@@ -33,7 +34,8 @@ def test_imagefolder_pipeline_with_a_checkpoint(tmp_path: Path, tiny_checkpoint,
     path, _ = tiny_checkpoint
     cfg = load_config(write_config(tmp_path / "folder.yaml", {
         "model": {"name": TINY_VIT_NAME, "checkpoint": str(path), "kwargs": TINY_VIT_KWARGS},
-        "data": {"kind": "imagefolder", "root": str(image_folder), "calib_images": 6, "batch_size": 4},
+        "data": {"kind": "imagefolder", "root": str(image_folder), "calib_images": 6, "batch_size": 4,
+                 "crop_pct": 0.8},
         "quant": {"methods": ["minmax", "percentile"], "bits": ["w8a8", "w4a4"]},
         "out": str(tmp_path / "runs"),
     }))
@@ -42,6 +44,7 @@ def test_imagefolder_pipeline_with_a_checkpoint(tmp_path: Path, tiny_checkpoint,
     results = json.loads((folder / "results.json").read_text())
     assert results["data"]["calib_images"] == 6 and results["data"]["eval_images"] == 12
     assert results["data"]["transform"]["input_size"] == [3, 32, 32]
+    assert results["data"]["transform"]["crop_pct"] == 0.8
     assert results["model"]["num_classes"] == 3 and results["model"]["source"] == "checkpoint"
     assert 0.0 <= results["fp32"]["top1"] <= 100.0
     assert [(e["method"], e["bits"]) for e in results["results"]] == [
@@ -71,13 +74,18 @@ def test_random_data_pipeline_has_no_top1(tmp_path: Path) -> None:
 
 def test_same_config_and_seed_give_identical_results(tmp_path: Path) -> None:
     data = {"data": {"calib_images": 32, "eval_images": 64},
-            "quant": {"methods": ["minmax", "percentile"], "bits": ["w4a4"]}}
+            "quant": {"methods": ["minmax", "percentile", "adfq"], "bits": ["w4a4"],
+                      "adfq": {"asmo_iters": 10}}}
     first = run_experiment(load_config(write_config(tmp_path / "det.yaml", {**data, "out": str(tmp_path / "a")})))
     second = run_experiment(load_config(write_config(tmp_path / "det.yaml", {**data, "out": str(tmp_path / "b")})))
     a = _strip_timings(json.loads((first / "results.json").read_text()))
     b = _strip_timings(json.loads((second / "results.json").read_text()))
     a["config"].pop("out"), b["config"].pop("out")
     assert a == b
+    adfq = next(e for e in a["results"] if e["method"] == "adfq")
+    assert len(adfq["optimization"]) == 10  # ASMO ran on every module and reported it
+    assert set(adfq["outlier_ratio"]) == {f"blocks.{i}.{m}.act_q" for i in range(4)
+                                          for m in ("attn.qkv", "mlp.fc1")}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -54,11 +54,25 @@ def model_input_size(model: torch.nn.Module) -> tuple[int, int, int]:
     return (int(proj.in_channels), int(size[0]), int(size[1]))
 
 
-def _image_folder(root: Path, model: torch.nn.Module) -> tuple[Dataset, dict]:
-    from timm.data import create_transform, resolve_data_config
+def eval_data_config(model: torch.nn.Module, cfg: DataConfig) -> dict:
+    """timm's eval data config for the model (crop_pct / mean / std overridable from the config)."""
+    from timm.data import resolve_data_config
+
+    overrides = {key: getattr(cfg, key) for key in ("crop_pct", "mean", "std") if getattr(cfg, key) is not None}
+    data_cfg = resolve_data_config({"input_size": model_input_size(model), **overrides}, model=model)
+    channels = data_cfg["input_size"][0]
+    for key in ("mean", "std"):
+        if len(data_cfg[key]) != channels:
+            raise UserInputError(f"data.{key}: {len(data_cfg[key])} values for a {channels}-channel model")
+    return data_cfg
+
+
+def _image_folder(root: Path, model: torch.nn.Module, cfg: DataConfig) -> tuple[Dataset, dict]:
+    """An ImageFolder with the model's own eval transform."""
+    from timm.data import create_transform
     from torchvision.datasets import ImageFolder
 
-    data_cfg = resolve_data_config({"input_size": model_input_size(model)}, model=model)
+    data_cfg = eval_data_config(model, cfg)
     try:
         dataset = ImageFolder(str(root), transform=create_transform(**data_cfg))
     except (FileNotFoundError, RuntimeError) as exc:
@@ -75,8 +89,8 @@ def build_data_source(cfg: DataConfig, model: torch.nn.Module, num_classes: int,
         has_labels, info = True, {"dataset": "sklearn digits 8x8", "calib_split": "calib", "eval_split": "test"}
     elif cfg.kind == "imagefolder":
         root = Path(cfg.root)
-        calib, transform = _image_folder(root / cfg.calib_split, model)
-        evals, _ = _image_folder(root / cfg.eval_split, model)
+        calib, transform = _image_folder(root / cfg.calib_split, model, cfg)
+        evals, _ = _image_folder(root / cfg.eval_split, model, cfg)
         for split, dataset in ((cfg.calib_split, calib), (cfg.eval_split, evals)):
             if len(dataset.classes) != num_classes:
                 raise UserInputError(f"data.root: {root / split} has {len(dataset.classes)} class folders, "

@@ -17,5 +17,9 @@ def quantize_model(float_model: torch.nn.Module, recipe: Recipe, w_bits: int, a_
     qmodel = QuantModel(model, recipe, w_bits, a_bits)
     qmodel.calibrate(calib_batches, total=len(calib_batches))
     if recipe.optimize:
-        recipe.optimize(qmodel, float_model, calib_batches)
+        # The optimizer's float reference is the model actually quantized (after `prepare`). What it
+        # returns (e.g. ASMO's per-module losses) is kept for results.json.
+        # Optimizers learn by gradient even when the caller evaluates under torch.no_grad().
+        with torch.enable_grad():
+            qmodel.optimization_report = recipe.optimize(qmodel, model, calib_batches)
     return qmodel.eval()

@@ -1,8 +1,9 @@
-"""QuantModel: a fake-quant copy of a timm ViT / DeiT built from a recipe, calibrated once.
+"""QuantModel: a fake-quant copy of a timm ViT / DeiT / Swin built from a recipe, calibrated once.
 
 Every matrix multiplication gets quantized inputs and weights: patch embedding, qkv, Q.K^T,
-softmax.V, proj, fc1, fc2, head. LayerNorm, softmax, GELU and residual adds stay float (the paper's
-protocol). A module the recipe cannot place is refused, never silently left in float.
+softmax.V, proj, fc1, fc2, head, and Swin's patch-merging reduction. LayerNorm, softmax, GELU, residual
+adds and Swin's relative position bias and window mask stay float (the paper's protocol). A module the
+recipe cannot place is refused, never silently left in float.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Iterable, Iterator, Optional
 
 import torch
 from timm.layers import Attention
+from timm.models.swin_transformer import WindowAttention
 from torch import nn
 from tqdm import tqdm
 
@@ -19,6 +21,7 @@ from adfq_sim.errors import UserInputError
 from adfq_sim.quant.modules import QuantAttention, QuantConv2d, QuantLinear
 from adfq_sim.quant.quantizers import Quantizer
 from adfq_sim.quant.recipes import Recipe
+from adfq_sim.quant.swin_modules import QuantWindowAttention
 
 # Module-name suffix -> (activation role, weight role) for the GEMMs outside attention.
 _GEMM_ROLES = {
@@ -26,6 +29,8 @@ _GEMM_ROLES = {
     "mlp.fc1": ("fc1_in", "fc1_w"),
     "mlp.fc2": ("fc2_in", "fc2_w"),
     "head": ("head_in", "head_w"),
+    "head.fc": ("head_in", "head_w"),  # Swin
+    "downsample.reduction": ("reduction_in", "reduction_w"),  # Swin patch merging
 }
 
 
@@ -48,6 +53,7 @@ class QuantModel(nn.Module):
         super().__init__()
         self.recipe, self.w_bits, self.a_bits = recipe, w_bits, a_bits
         self.model = copy.deepcopy(float_model).eval()
+        self.optimization_report: Optional[list] = None
         self._quantize_modules()
 
     def _gemm(self, module: nn.Module, act_role: str, weight_role: str) -> nn.Module:
@@ -61,8 +67,9 @@ class QuantModel(nn.Module):
         replacements: dict[str, nn.Module] = {}
         handled: set[str] = set()
         for name, module in self.model.named_modules():
-            if isinstance(module, Attention):
-                attn = QuantAttention(
+            if isinstance(module, (Attention, WindowAttention)):
+                wrapper = QuantWindowAttention if isinstance(module, WindowAttention) else QuantAttention
+                attn = wrapper(
                     module,
                     qkv=self._gemm(module.qkv, "qkv_in", "qkv_w"),
                     proj=self._gemm(module.proj, "proj_in", "proj_w"),
@@ -77,10 +84,11 @@ class QuantModel(nn.Module):
                 roles = _role_for(name)
                 if roles is None:
                     raise UserInputError(
-                        f"model: cannot quantize {name} ({type(module).__name__}); supported: ViT / DeiT "
-                        "(patch_embed.proj, attention qkv/proj, mlp.fc1/fc2, head)")
+                        f"model: cannot quantize {name} ({type(module).__name__}); supported: ViT / DeiT / Swin "
+                        "(patch_embed.proj, attention qkv/proj, mlp.fc1/fc2, head, head.fc, "
+                        "downsample.reduction)")
                 replacements[name] = self._gemm(module, *roles)
-            elif "attention" in type(module).__name__.lower() and not isinstance(module, Attention):
+            elif "attention" in type(module).__name__.lower():
                 raise UserInputError(f"model: unsupported attention module {name} ({type(module).__name__})")
         for name, module in replacements.items():
             _set_submodule(self.model, name, module)
@@ -89,6 +97,21 @@ class QuantModel(nn.Module):
         for name, module in self.model.named_modules():
             if isinstance(module, Quantizer):
                 yield name, module
+
+    def outlier_ratios(self) -> dict[str, dict[str, float | None]]:
+        """Per outlier-aware quantizer: fraction of values on the sparse path (calibration and since
+        the last `reset_outlier_counters`)."""
+        ratios = {}
+        for name, q in self.named_quantizers():
+            if hasattr(q, "outlier_count"):
+                seen = q.element_count
+                ratios[name] = {"calib": q.calib_outlier_ratio, "eval": q.outlier_count / seen if seen else None}
+        return ratios
+
+    def reset_outlier_counters(self) -> None:
+        for _, q in self.named_quantizers():
+            if hasattr(q, "reset_counters"):
+                q.reset_counters()
 
     def activation_quantizers(self) -> list[Quantizer]:
         return [q for name, q in self.named_quantizers() if not name.endswith("weight_q")]

@@ -6,12 +6,31 @@ quantizer's parameters are static: nothing depends on the batch being evaluated.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
 # Percentile observers keep at most this many values per batch (a fixed stride through the tensor),
 # which bounds memory on ImageNet-sized calibration sets while staying deterministic.
 PERCENTILE_SAMPLES_PER_BATCH = 1 << 18
+# Clip-range candidates (percentiles) searched by MSE, as in the ADFQ-ViT reference implementation
+# ({0.999, 0.9999, 0.99999}), plus the full range.
+SEARCH_PERCENTILES = (99.9, 99.99, 99.999, 100.0)
+
+
+def uniform_mse(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
+    """MSE of asymmetric uniform quantization of `values` with range [lo, hi] (reduced along `dim`).
+
+    Uses the same zero-point and round-half-up rule as UniformQuantizer, so the search optimises the
+    quantizer that will actually run.
+    """
+    qmax = (1 << bits) - 1
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    scale = torch.where(hi > lo, (hi - lo) / qmax, torch.ones_like(hi))
+    zero = torch.clamp(torch.floor(-lo / scale + 0.5), 0, qmax)
+    codes = torch.floor(torch.clamp(values / scale + zero, 0, qmax) + 0.5)
+    return (((codes - zero) * scale - values) ** 2).mean(dim=dim)
 
 
 class Observer:
@@ -73,3 +92,81 @@ class PercentileObserver(SampleObserver):
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = np.percentile(self.values(), [100.0 - self.percentile, self.percentile])
         return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+
+
+class PercentileMseObserver(Observer):
+    """Range = the percentile clip range with the smallest MSE after quantizing at `bits`.
+
+    The reference implementations' range init (ADFQ-ViT, RepQ-ViT), with their candidate lists.
+
+    Per tensor (a bounded, deterministic sample of the calibration values) or per index of dim 0
+    (a weight's output channels, each searched on its own, as the reference does).
+    """
+
+    def __init__(self, bits: int, percentiles: Sequence[float] = SEARCH_PERCENTILES) -> None:
+        self.bits, self.percentiles = bits, tuple(percentiles)
+        self.rows: list[torch.Tensor] = []
+        self.shape: tuple[int, ...] = ()
+
+    def observe(self, x: torch.Tensor, reduce_dims: tuple[int, ...]) -> None:
+        if len(reduce_dims) == x.ndim:
+            flat = x.reshape(1, -1)
+            stride = max(1, -(-flat.shape[1] // PERCENTILE_SAMPLES_PER_BATCH))
+            rows, self.shape = flat[:, ::stride], ()
+        elif tuple(reduce_dims) == tuple(range(1, x.ndim)):
+            rows, self.shape = x.reshape(x.shape[0], -1), (x.shape[0],) + (1,) * (x.ndim - 1)
+        else:
+            raise ValueError(f"{type(self).__name__}: per tensor or per dim-0 channel only")
+        self.rows.append(rows.detach().float())
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.rows:
+            raise RuntimeError("observer saw no data: run calibration batches first")
+        x = torch.cat(self.rows, dim=1)
+        bounds = np.percentile(x.cpu().numpy(), [q for p in self.percentiles for q in (100.0 - p, p)], axis=1)
+        bounds = torch.from_numpy(bounds).float().to(x.device).reshape(len(self.percentiles), 2, x.shape[0], 1)
+        errors = torch.stack([uniform_mse(x, lo, hi, self.bits) for lo, hi in bounds])
+        best = errors.argmin(dim=0)  # the first (narrowest) candidate on ties, as the reference
+        rows = torch.arange(x.shape[0], device=x.device)
+        return bounds[best, 0, rows].reshape(self.shape), bounds[best, 1, rows].reshape(self.shape)
+
+
+# Per-channel clip ratios of the min/max range tried by ChannelMSEObserver (weights).
+CHANNEL_CLIP_RATIOS = tuple(1.0 - 0.025 * i for i in range(21))  # 1.0, 0.975, ..., 0.5
+
+
+class ChannelMSEObserver(Observer):
+    """Per-channel range: the channel's min/max shrunk by the clip ratio with the smallest MSE.
+
+    For static tensors (weights): each output channel gets its own best clipping, which matters at
+    3-4 bits where min/max ranges waste levels on a few large weights.
+    """
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.tensor: torch.Tensor | None = None
+
+    def observe(self, x: torch.Tensor, reduce_dims: tuple[int, ...]) -> None:
+        if reduce_dims != tuple(range(1, x.ndim)):
+            raise ValueError("ChannelMSEObserver supports per-channel (dim 0) ranges only")
+        if self.tensor is not None:
+            raise ValueError("ChannelMSEObserver observes one static tensor")
+        self.tensor = x.detach().float()
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.tensor is None:
+            raise RuntimeError("observer saw no data: run calibration batches first")
+        rows = self.tensor.reshape(self.tensor.shape[0], -1)
+        lo_full, hi_full = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
+        best_err = best_lo = best_hi = None
+        for ratio in CHANNEL_CLIP_RATIOS:
+            lo, hi = lo_full * ratio, hi_full * ratio
+            err = uniform_mse(rows, lo, hi, self.bits, dim=1)[:, None]
+            if best_err is None:
+                best_err, best_lo, best_hi = err, lo, hi
+            else:
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
+        shape = (-1,) + (1,) * (self.tensor.ndim - 1)
+        return best_lo.reshape(shape), best_hi.reshape(shape)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adfq_sim.quant.observers import Observer, SampleObserver
+from adfq_sim.quant.observers import SEARCH_PERCENTILES, Observer, SampleObserver
 from adfq_sim.quant.rounding import round_ste
 
 
@@ -132,9 +132,14 @@ class UniformQuantizer(Quantizer):
         }
 
 
+# min over x of GELU(x) = x * Phi(x), reached at x = -0.7517915 (exact erf GELU, float64). Every GELU
+# output is >= this, so a static shift (SLQ, PTQ4ViT's GELU twin range) makes all values non-negative without looking at the batch;
+# it folds into the next layer's bias. (tanh-approximate GELU reaches -0.1700408: the few values below
+# the shift then take the zero code, an error below 1e-4.)
+GELU_MINIMUM = -0.16997120747990366
+
 LOG_BASES = {"sqrt2": 0.5, "2": 1.0}  # base name -> log2 of the base
-# Clip-range candidates (percentiles) searched by MSE, as in the ADFQ-ViT reference implementation.
-SEARCH_PERCENTILES = (99.9, 99.99, 99.999, 100.0)
+LOG_GRID_PHASES = 4  # delta search: sub-step shifts of the log grid tried per clip candidate
 
 
 class LogQuantizer(Quantizer):
@@ -142,7 +147,10 @@ class LogQuantizer(Quantizer):
 
     x' = x - shift must be >= 0: shift = 0 for softmax outputs, shift = the GELU minimum for SLQ
     (post-GELU), a static constant so a code never depends on the batch. Rounding is half up in the
-    log domain: q = round(-log_base(x' / delta)), clamped below at 0; q >= top code or x' <= 0 is zero.
+    log domain, q = round(-log_base(x' / delta)) clamped to [0, top - 1], except below the smallest
+    level, where the linear midpoint decides: x' < smallest level / 2 takes the zero code. (Rounding to
+    zero in the log domain would send every x' under ~0.7x the smallest level to zero, which at 3 bits
+    is most of the post-GELU values near 0.)
     delta comes from the calibration maximum (`delta_init="max"`) or an MSE search over percentile
     clip ranges (`"search"`).
     """
@@ -178,9 +186,12 @@ class LogQuantizer(Quantizer):
         elif self.delta_init == "max":
             delta = top
         else:
-            candidates = [float(torch.quantile(values, p / 100.0)) if values.numel() <= 1 << 24 else top
-                          for p in SEARCH_PERCENTILES]
-            candidates = [c for c in candidates if c > 0] or [top]
+            tops = [float(torch.quantile(values, p / 100.0)) if values.numel() <= 1 << 24 else top
+                    for p in SEARCH_PERCENTILES]
+            # Each clip top, and the level grid slid by quarter steps below it (the grid's phase
+            # matters as much as its top for a log quantizer).
+            candidates = [t * 2.0 ** (-j * self.log2_base / LOG_GRID_PHASES) for t in tops if t > 0
+                          for j in range(LOG_GRID_PHASES)] or [top]
             errors = [float(((self._fake(values, torch.tensor(c)) - values) ** 2).mean()) for c in candidates]
             delta = candidates[errors.index(min(errors))]
         self.delta = nn.Parameter(torch.tensor(delta, dtype=torch.float32), requires_grad=False)
@@ -188,8 +199,12 @@ class LogQuantizer(Quantizer):
 
     def _codes(self, shifted: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         ratio = torch.clamp(shifted / delta, min=torch.finfo(torch.float32).tiny)
-        raw = round_ste(torch.clamp(-torch.log2(ratio) / self.log2_base, 0, self.zero_code))
-        return torch.where(shifted > 0, raw, torch.full_like(raw, self.zero_code))
+        raw = round_ste(torch.clamp(-torch.log2(ratio) / self.log2_base, 0, self.zero_code - 1))
+        return torch.where(shifted >= self.zero_threshold(delta), raw, torch.full_like(raw, self.zero_code))
+
+    def zero_threshold(self, delta: torch.Tensor) -> torch.Tensor:
+        """Half the smallest non-zero level: below it a value is closer to zero than to any level."""
+        return delta * 2.0 ** (-(self.zero_code - 1) * self.log2_base - 1)
 
     def _levels(self, codes: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         value = delta * torch.exp2(-codes * self.log2_base)

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from adfq_sim.config import QuantConfig
-from adfq_sim.quant.observers import MinMaxObserver, PercentileObserver
-from adfq_sim.quant.quantizers import LogQuantizer, Quantizer, UniformQuantizer
+from adfq_sim.quant.observers import (SEARCH_PERCENTILES, ChannelMSEObserver, MinMaxObserver, PercentileMseObserver,
+                                     PercentileObserver)
+from adfq_sim.quant.ppoq import PerPatchOutlierQuantizer
+from adfq_sim.quant.quantizers import GELU_MINIMUM, LogQuantizer, Quantizer, UniformQuantizer
+from adfq_sim.quant.twin_uniform import TwinUniformQuantizer
 
-# Activation roles: the inputs of every matrix multiplication in a ViT.
+# Activation roles: the inputs of every matrix multiplication in a ViT (and a Swin).
 ACTIVATION_ROLES = (
     "embed_in",   # patch-embedding input (the normalised image)
     "qkv_in",     # post-LayerNorm-1
@@ -26,6 +29,7 @@ ACTIVATION_ROLES = (
     "fc1_in",     # post-LayerNorm-2
     "fc2_in",     # post-GELU
     "head_in",    # classifier input (post final norm, pooled)
+    "reduction_in",  # Swin patch-merging reduction input (post-LayerNorm, 2x2 tokens concatenated)
 )
 
 QuantizerFactory = Callable[..., Quantizer]
@@ -41,15 +45,36 @@ def register_kind(name: str) -> Callable[[QuantizerFactory], QuantizerFactory]:
 
 
 @register_kind("uniform")
-def _uniform(bits: int, granularity: str = "tensor", observer: str = "minmax",
-             percentile: float | None = None) -> Quantizer:
-    obs = MinMaxObserver() if observer == "minmax" else PercentileObserver(percentile)
-    return UniformQuantizer(bits, granularity, obs)
+def _uniform(bits: int, granularity: str = "tensor", observer: str = "minmax", percentile: float | None = None,
+             percentiles: tuple[float, ...] = SEARCH_PERCENTILES) -> Quantizer:
+    """observer: minmax | percentile (clip at one percentile) | search (the percentile clip range with
+    the smallest MSE, per tensor or per channel) | clip_search (per-channel min/max shrunk by the
+    clip ratio with the smallest MSE; for weights)."""
+    observers = {"minmax": MinMaxObserver, "percentile": lambda: PercentileObserver(percentile),
+                 "search": lambda: PercentileMseObserver(bits, percentiles),
+                 "clip_search": lambda: ChannelMSEObserver(bits)}
+    return UniformQuantizer(bits, granularity, observers[observer]())
 
 
 @register_kind("log")
 def _log(bits: int, base: str = "sqrt2", shift: float = 0.0, delta_init: str = "max") -> Quantizer:
     return LogQuantizer(bits, base, shift, delta_init)
+
+
+@register_kind("slq")
+def _slq(bits: int, base: str = "sqrt2") -> Quantizer:
+    """Shift-Log2 Quantizer (ADFQ-ViT): shift by the GELU minimum, log levels, delta by search."""
+    return LogQuantizer(bits, base=base, shift=GELU_MINIMUM, delta_init="search")
+
+
+@register_kind("ppoq")
+def _ppoq(bits: int, alpha: float, outliers: str = "int16") -> Quantizer:
+    return PerPatchOutlierQuantizer(bits, alpha, outliers)
+
+
+@register_kind("twin_uniform")
+def _twin_uniform(bits: int, mode: str = "softmax", lower: float | None = None) -> Quantizer:
+    return TwinUniformQuantizer(bits, mode, lower)
 
 
 @dataclass(frozen=True)
@@ -72,7 +97,8 @@ class Recipe:
     activations: Mapping[str, QuantizerSpec]
     # prepare(float_model, calib_batches) -> an FP32-equivalent model to quantize instead.
     prepare: Optional[Callable] = field(default=None, compare=False)
-    # optimize(qmodel, float_model, calib_batches) -> None: refines the calibrated quantizers in place.
+    # optimize(qmodel, float_model, calib_batches) -> None: refines the calibrated quantizers in place;
+    # float_model is the FP32 model that was quantized (the prepared one, if `prepare` is set).
     optimize: Optional[Callable] = field(default=None, compare=False)
 
     def activation(self, role: str, bits: int) -> Quantizer:
@@ -100,7 +126,26 @@ def _percentile(quant: QuantConfig) -> Recipe:
                                                  percentile=quant.percentile.percentile))
 
 
-METHODS: dict[str, Callable[[QuantConfig], Recipe]] = {"minmax": _minmax, "percentile": _percentile}
+def _adfq(quant: QuantConfig) -> Recipe:
+    from adfq_sim.quant.adfq import adfq_recipe  # imported late: adfq builds on this module
+
+    return adfq_recipe(quant)
+
+
+def _repq(quant: QuantConfig) -> Recipe:
+    from adfq_sim.quant.repq import repq_recipe  # imported late: repq builds on this module
+
+    return repq_recipe(quant)
+
+
+def _ptq4vit(quant: QuantConfig) -> Recipe:
+    from adfq_sim.quant.ptq4vit import ptq4vit_recipe  # imported late: ptq4vit builds on this module
+
+    return ptq4vit_recipe(quant)
+
+
+METHODS: dict[str, Callable[[QuantConfig], Recipe]] = {"minmax": _minmax, "percentile": _percentile, "adfq": _adfq,
+                                                     "repq": _repq, "ptq4vit": _ptq4vit}
 
 
 def build_recipe(method: str, quant: QuantConfig) -> Recipe:

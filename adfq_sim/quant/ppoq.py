@@ -1,0 +1,144 @@
+"""PPOQ — the Per-Patch Outlier-aware Quantizer of ADFQ-ViT, for post-LayerNorm activations.
+
+Post-LayerNorm activations of ViTs mix a few huge values (a handful of channels in a handful of
+tokens) with a dense bulk whose spread differs from token to token. PPOQ therefore:
+- takes values with |x| > alpha (a fixed absolute threshold) out of the dense tensor: they travel in a
+  sparse side list, either in float (the paper) or as int16 codes on their token's own step (what an
+  integer accelerator executes); the dense code there holds the zero-point, i.e. the value 0;
+- quantizes the rest uniformly with a step and zero-point per token *position* (shape [1, N, 1]),
+  static after calibration, each chosen among percentile clip ranges by the smallest MSE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from adfq_sim.quant.observers import SEARCH_PERCENTILES, uniform_mse
+from adfq_sim.quant.quantizers import Quantizer
+from adfq_sim.quant.rounding import round_ste
+
+OUTLIER_CODE_MIN, OUTLIER_CODE_MAX = -(1 << 15), (1 << 15) - 1  # int16 outlier codes
+OUTLIER_MODES = ("int16", "float")
+# Calibration keeps at most this many values per quantizer (halving the per-token sample by a stride
+# whenever it grows past it), which bounds memory on ImageNet-sized calibration sets.
+MAX_CALIBRATION_VALUES = 1 << 22
+
+
+class PerPatchOutlierQuantizer(Quantizer):
+    format = "ppoq"
+
+    def __init__(self, bits: int, alpha: float, outliers: str = "int16") -> None:
+        super().__init__(bits)
+        if alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        if outliers not in OUTLIER_MODES:
+            raise ValueError(f"unknown outlier mode {outliers!r}; expected one of {OUTLIER_MODES}")
+        self.alpha, self.outliers = float(alpha), outliers
+        self.scale = nn.Parameter(torch.ones(()), requires_grad=False)
+        self.register_buffer("zero_point", torch.zeros(()))
+        self._samples: list[torch.Tensor] = []
+        self._calib_counts = [0, 0]  # outliers, elements seen during calibration
+        self.calib_outlier_ratio: float | None = None
+        self.outlier_count = 0
+        self.element_count = 0
+
+    @staticmethod
+    def _tokens_first(x: torch.Tensor) -> torch.Tensor:
+        """[B, *tokens, C] -> [T, B*C]: one row of values per token position."""
+        tokens = math.prod(x.shape[1:-1])
+        return x.reshape(x.shape[0], tokens, x.shape[-1]).transpose(0, 1).reshape(tokens, -1)
+
+    def observe(self, x: torch.Tensor) -> None:
+        if x.ndim < 3:
+            raise ValueError(f"PPOQ needs [batch, tokens..., channels] activations, got shape {tuple(x.shape)}")
+        mask = x.abs() > self.alpha
+        self._calib_counts[0] += int(mask.sum())
+        self._calib_counts[1] += x.numel()
+        rows = self._tokens_first(torch.where(mask, torch.zeros_like(x), x)).float()
+        self._samples.append(rows)
+        self._token_shape = tuple(x.shape[1:-1])
+        total = sum(s.numel() for s in self._samples)
+        if total > MAX_CALIBRATION_VALUES:
+            self._samples = [torch.cat(self._samples, dim=1)[:, ::2].contiguous()]
+
+    def freeze(self) -> None:
+        if not self._samples:
+            raise RuntimeError("observer saw no data: run calibration batches first")
+        values = torch.sort(torch.cat(self._samples, dim=1), dim=1).values
+        last = values.shape[1] - 1
+        best_err = best_lo = best_hi = None
+        for p in SEARCH_PERCENTILES:
+            lo = values[:, round((1 - p / 100) * last)]
+            hi = values[:, round(p / 100 * last)]
+            err = uniform_mse(values, lo[:, None], hi[:, None], self.bits, dim=1)
+            if best_err is None:
+                best_err, best_lo, best_hi = err, lo, hi
+            else:
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
+        lo, hi = torch.clamp(best_lo, max=0.0), torch.clamp(best_hi, min=0.0)
+        scale = torch.where(hi > lo, (hi - lo) / self.qmax, torch.ones_like(hi))
+        zero_point = torch.clamp(torch.floor(-lo / scale + 0.5), 0, self.qmax)
+        shape = (1, *self._token_shape, 1)
+        self.scale = nn.Parameter(scale.reshape(shape), requires_grad=False)
+        self.zero_point = zero_point.reshape(shape)
+        self.calib_outlier_ratio = self._calib_counts[0] / self._calib_counts[1]
+        self._samples = []
+
+    def _check_tokens(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[1:-1]) != tuple(self.scale.shape[1:-1]):
+            raise ValueError(f"PPOQ was calibrated for token shape {tuple(self.scale.shape[1:-1])}, "
+                             f"got {tuple(x.shape[1:-1])} (the input size must not change)")
+
+    def outlier_mask(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs() > self.alpha
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense codes; outlier positions hold the zero-point (value 0)."""
+        self._check_tokens(x)
+        dense = torch.where(self.outlier_mask(x), torch.zeros_like(x), x)
+        return round_ste(torch.clamp(dense / self.scale + self.zero_point, 0, self.qmax))
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        return (codes - self.zero_point) * self.scale
+
+    def outlier_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """int16 codes of every element on its token's step (only meaningful where outlier_mask)."""
+        return round_ste(torch.clamp(x / self.scale, OUTLIER_CODE_MIN, OUTLIER_CODE_MAX))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            self.observe(x.detach())
+            return x
+        if not self.enabled:
+            return x
+        if not self.calibrated:
+            raise RuntimeError("PerPatchOutlierQuantizer used before calibration")
+        mask = self.outlier_mask(x)
+        self.outlier_count += int(mask.sum())
+        self.element_count += x.numel()
+        dense = self.dequantize(self.quantize(x))
+        sparse = x if self.outliers == "float" else self.outlier_codes(x) * self.scale
+        return torch.where(mask, sparse, dense)
+
+    def reset_counters(self) -> None:
+        self.outlier_count = self.element_count = 0
+
+    def integer_form(self) -> dict:
+        return {
+            "format": self.format,
+            "bits": self.bits,
+            "granularity": "token",
+            "code_min": 0,
+            "code_max": self.qmax,
+            "scale": self.scale.detach().clone(),
+            "zero_point": self.zero_point.to(torch.int32),
+            "alpha": self.alpha,
+            "outliers": self.outliers,
+            "outlier_code_min": OUTLIER_CODE_MIN,
+            "outlier_code_max": OUTLIER_CODE_MAX,
+        }
