@@ -106,7 +106,7 @@ class AdfqConfig:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    methods: list[str] = field(default_factory=lambda: ["minmax", "percentile"])
+    methods: list[str] = field(default_factory=lambda: ["minmax", "percentile", "ptq4vit", "repq", "adfq"])
     bits: list[str] = field(default_factory=lambda: ["w8a8", "w6a6", "w4a4"])
     percentile: PercentileConfig = field(default_factory=PercentileConfig)
     ptq4vit: Ptq4vitConfig = field(default_factory=Ptq4vitConfig)

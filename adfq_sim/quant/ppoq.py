@@ -3,8 +3,10 @@
 Post-LayerNorm activations of ViTs mix a few huge values (a handful of channels in a handful of
 tokens) with a dense bulk whose spread differs from token to token. PPOQ therefore:
 - takes values with |x| > alpha (a fixed absolute threshold) out of the dense tensor: they travel in a
-  sparse side list, either in float (the paper) or as int16 codes on their token's own step (what an
-  integer accelerator executes); the dense code there holds the zero-point, i.e. the value 0;
+  sparse side list, either in float (the paper) or as int16 codes on a power-of-two fraction of their
+  token's own step, step / 2**outlier_shift (what an integer accelerator executes: the sparse
+  products land in the dense accumulator after a shift); the dense code there holds the zero-point,
+  i.e. the value 0;
 - quantizes the rest uniformly with a step and zero-point per token *position* (shape [1, N, 1]),
   static after calibration, each chosen among percentile clip ranges by the smallest MSE.
 """
@@ -21,6 +23,10 @@ from adfq_sim.quant.quantizers import Quantizer
 from adfq_sim.quant.rounding import round_ste
 
 OUTLIER_CODE_MIN, OUTLIER_CODE_MAX = -(1 << 15), (1 << 15) - 1  # int16 outlier codes
+# The outlier sub-step shift is the largest that keeps OUTLIER_HEADROOM times the largest calibration
+# magnitude inside int16 on the finest token step, capped at MAX_OUTLIER_SHIFT.
+OUTLIER_HEADROOM = 4.0
+MAX_OUTLIER_SHIFT = 12
 OUTLIER_MODES = ("int16", "float")
 # Calibration keeps at most this many values per quantizer (halving the per-token sample by a stride
 # whenever it grows past it), which bounds memory on ImageNet-sized calibration sets.
@@ -41,6 +47,8 @@ class PerPatchOutlierQuantizer(Quantizer):
         self.register_buffer("zero_point", torch.zeros(()))
         self._samples: list[torch.Tensor] = []
         self._calib_counts = [0, 0]  # outliers, elements seen during calibration
+        self._calib_max_abs = 0.0
+        self.outlier_shift = 0
         self.calib_outlier_ratio: float | None = None
         self.outlier_count = 0
         self.element_count = 0
@@ -57,6 +65,7 @@ class PerPatchOutlierQuantizer(Quantizer):
         mask = x.abs() > self.alpha
         self._calib_counts[0] += int(mask.sum())
         self._calib_counts[1] += x.numel()
+        self._calib_max_abs = max(self._calib_max_abs, float(x.abs().max()))
         rows = self._tokens_first(torch.where(mask, torch.zeros_like(x), x)).float()
         self._samples.append(rows)
         self._token_shape = tuple(x.shape[1:-1])
@@ -87,6 +96,9 @@ class PerPatchOutlierQuantizer(Quantizer):
         self.scale = nn.Parameter(scale.reshape(shape), requires_grad=False)
         self.zero_point = zero_point.reshape(shape)
         self.calib_outlier_ratio = self._calib_counts[0] / self._calib_counts[1]
+        magnitude = max(self._calib_max_abs, self.alpha) * OUTLIER_HEADROOM
+        fits = math.floor(math.log2(OUTLIER_CODE_MAX * float(scale.min()) / magnitude))
+        self.outlier_shift = int(min(MAX_OUTLIER_SHIFT, max(0, fits)))
         self._samples = []
 
     def _check_tokens(self, x: torch.Tensor) -> None:
@@ -106,9 +118,12 @@ class PerPatchOutlierQuantizer(Quantizer):
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         return (codes - self.zero_point) * self.scale
 
+    def outlier_step(self) -> torch.Tensor:
+        return self.scale * 2.0 ** -self.outlier_shift
+
     def outlier_codes(self, x: torch.Tensor) -> torch.Tensor:
-        """int16 codes of every element on its token's step (only meaningful where outlier_mask)."""
-        return round_ste(torch.clamp(x / self.scale, OUTLIER_CODE_MIN, OUTLIER_CODE_MAX))
+        """int16 codes of every element on its token's outlier step (only meaningful where outlier_mask)."""
+        return round_ste(torch.clamp(x / self.outlier_step(), OUTLIER_CODE_MIN, OUTLIER_CODE_MAX))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
@@ -122,7 +137,7 @@ class PerPatchOutlierQuantizer(Quantizer):
         self.outlier_count += int(mask.sum())
         self.element_count += x.numel()
         dense = self.dequantize(self.quantize(x))
-        sparse = x if self.outliers == "float" else self.outlier_codes(x) * self.scale
+        sparse = x if self.outliers == "float" else self.outlier_codes(x) * self.outlier_step()
         return torch.where(mask, sparse, dense)
 
     def reset_counters(self) -> None:
@@ -139,6 +154,7 @@ class PerPatchOutlierQuantizer(Quantizer):
             "zero_point": self.zero_point.to(torch.int32),
             "alpha": self.alpha,
             "outliers": self.outliers,
+            "outlier_shift": self.outlier_shift,
             "outlier_code_min": OUTLIER_CODE_MIN,
             "outlier_code_max": OUTLIER_CODE_MAX,
         }
