@@ -6,7 +6,7 @@ quantizer's parameters are static: nothing depends on the batch being evaluated.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -19,18 +19,46 @@ PERCENTILE_SAMPLES_PER_BATCH = 1 << 18
 SEARCH_PERCENTILES = (99.9, 99.99, 99.999, 100.0)
 
 
+def uniform_params(lo: torch.Tensor, hi: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero_point) of an asymmetric uniform quantizer for the range [lo, hi].
+
+    The one rule every uniform quantizer uses: the range is widened to include 0 (zero is exact), a
+    zero-width range gets scale 1 (any positive scale represents it exactly), and the zero-point is
+    rounded half up and clamped to the code range.
+    """
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    scale = torch.where(hi > lo, (hi - lo) / qmax, torch.ones_like(hi))
+    return scale, torch.clamp(torch.floor(-lo / scale + 0.5), 0, qmax)
+
+
 def uniform_mse(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
     """MSE of asymmetric uniform quantization of `values` with range [lo, hi] (reduced along `dim`).
 
-    Uses the same zero-point and round-half-up rule as UniformQuantizer, so the search optimises the
-    quantizer that will actually run.
+    Uses UniformQuantizer's parameters and round-half-up rule, so the search optimises the quantizer
+    that will actually run.
     """
     qmax = (1 << bits) - 1
-    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
-    scale = torch.where(hi > lo, (hi - lo) / qmax, torch.ones_like(hi))
-    zero = torch.clamp(torch.floor(-lo / scale + 0.5), 0, qmax)
+    scale, zero = uniform_params(lo, hi, qmax)
     codes = torch.floor(torch.clamp(values / scale + zero, 0, qmax) + 0.5)
     return (((codes - zero) * scale - values) ** 2).mean(dim=dim)
+
+
+def best_range_per_row(rows: torch.Tensor, candidates: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                       bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of `rows` [R, M], the candidate range ([R, 1] lo and hi) with the smallest MSE.
+
+    Ties keep the earlier candidate.
+    """
+    best_err = best_lo = best_hi = None
+    for lo, hi in candidates:
+        err = uniform_mse(rows, lo, hi, bits, dim=1)[:, None]
+        if best_err is None:
+            best_err, best_lo, best_hi = err, lo, hi
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
+    return best_lo, best_hi
 
 
 class Observer:
@@ -158,15 +186,7 @@ class ChannelMSEObserver(Observer):
             raise RuntimeError("observer saw no data: run calibration batches first")
         rows = self.tensor.reshape(self.tensor.shape[0], -1)
         lo_full, hi_full = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
-        best_err = best_lo = best_hi = None
-        for ratio in CHANNEL_CLIP_RATIOS:
-            lo, hi = lo_full * ratio, hi_full * ratio
-            err = uniform_mse(rows, lo, hi, self.bits, dim=1)[:, None]
-            if best_err is None:
-                best_err, best_lo, best_hi = err, lo, hi
-            else:
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
+        best_lo, best_hi = best_range_per_row(
+            rows, ((lo_full * ratio, hi_full * ratio) for ratio in CHANNEL_CLIP_RATIOS), self.bits)
         shape = (-1,) + (1,) * (self.tensor.ndim - 1)
         return best_lo.reshape(shape), best_hi.reshape(shape)

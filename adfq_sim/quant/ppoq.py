@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from adfq_sim.quant.observers import SEARCH_PERCENTILES, uniform_mse
+from adfq_sim.quant.observers import SEARCH_PERCENTILES, best_range_per_row, uniform_params
 from adfq_sim.quant.quantizers import Quantizer
 from adfq_sim.quant.rounding import round_ste
 
@@ -78,20 +78,9 @@ class PerPatchOutlierQuantizer(Quantizer):
             raise RuntimeError("observer saw no data: run calibration batches first")
         values = torch.sort(torch.cat(self._samples, dim=1), dim=1).values
         last = values.shape[1] - 1
-        best_err = best_lo = best_hi = None
-        for p in SEARCH_PERCENTILES:
-            lo = values[:, round((1 - p / 100) * last)]
-            hi = values[:, round(p / 100 * last)]
-            err = uniform_mse(values, lo[:, None], hi[:, None], self.bits, dim=1)
-            if best_err is None:
-                best_err, best_lo, best_hi = err, lo, hi
-            else:
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
-        lo, hi = torch.clamp(best_lo, max=0.0), torch.clamp(best_hi, min=0.0)
-        scale = torch.where(hi > lo, (hi - lo) / self.qmax, torch.ones_like(hi))
-        zero_point = torch.clamp(torch.floor(-lo / scale + 0.5), 0, self.qmax)
+        candidates = ((values[:, round((1 - p / 100) * last), None], values[:, round(p / 100 * last), None])
+                      for p in SEARCH_PERCENTILES)
+        scale, zero_point = uniform_params(*best_range_per_row(values, candidates, self.bits), self.qmax)
         shape = (1, *self._token_shape, 1)
         self.scale = nn.Parameter(scale.reshape(shape), requires_grad=False)
         self.zero_point = zero_point.reshape(shape)
@@ -125,14 +114,8 @@ class PerPatchOutlierQuantizer(Quantizer):
         """int16 codes of every element on its token's outlier step (only meaningful where outlier_mask)."""
         return round_ste(torch.clamp(x / self.outlier_step(), OUTLIER_CODE_MIN, OUTLIER_CODE_MAX))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.calibrating:
-            self.observe(x.detach())
-            return x
-        if not self.enabled:
-            return x
-        if not self.calibrated:
-            raise RuntimeError("PerPatchOutlierQuantizer used before calibration")
+    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense codes where |x| <= alpha, the sparse outlier path elsewhere; counts the outliers."""
         mask = self.outlier_mask(x)
         self.outlier_count += int(mask.sum())
         self.element_count += x.numel()

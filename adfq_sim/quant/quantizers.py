@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adfq_sim.quant.observers import SEARCH_PERCENTILES, Observer, SampleObserver
+from adfq_sim.quant.observers import SEARCH_PERCENTILES, Observer, SampleObserver, uniform_params
 from adfq_sim.quant.rounding import round_ste
 
 
@@ -48,6 +48,10 @@ class Quantizer(nn.Module):
             return x
         if not self.calibrated:
             raise RuntimeError(f"{type(self).__name__} used before calibration")
+        return self.fake_quant(x)
+
+    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized value of x in float (formats with a side path override this)."""
         return self.dequantize(self.quantize(x))
 
     # Format-specific parts.
@@ -95,13 +99,9 @@ class UniformQuantizer(Quantizer):
 
     def freeze(self) -> None:
         lo, hi = self.observer.range()
-        lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
         if self.granularity == "tensor":
             lo, hi = lo.reshape(()), hi.reshape(())
-        scale = (hi - lo) / self.qmax
-        # A constant-zero tensor or channel: any positive scale represents it exactly.
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zero_point = torch.clamp(torch.floor(-lo / scale + 0.5), 0, self.qmax)
+        scale, zero_point = uniform_params(lo, hi, self.qmax)
         self.scale = nn.Parameter(scale.float(), requires_grad=False)
         self.zero_point = zero_point.float()
         self.observer = None
