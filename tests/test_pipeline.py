@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from adfq_sim.config import load_config
+from adfq_sim.config import AdfqConfig, ModelConfig, Ptq4vitConfig, QuantConfig, load_config
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.models.loading import load_model
-from adfq_sim.config import ModelConfig, QuantConfig
 from adfq_sim.pipeline import run_experiment
+from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.recipes import METHODS, build_recipe
 from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
@@ -91,10 +91,11 @@ def test_same_config_and_seed_give_identical_results(tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("bits", [(8, 8), (4, 4)])
 def test_quantized_logits_do_not_depend_on_the_batch(method: str, bits: tuple[int, int]) -> None:
+    """The whole recipe (prepare, calibration, optimization) leaves only static quantizer parameters."""
     model = load_model(ModelConfig()).model
     calib, _ = load_demo_split("calib")
-    qmodel = QuantModel(model, build_recipe(method, QuantConfig()), *bits)
-    qmodel.calibrate([calib[:64], calib[64:128]])
+    quick = QuantConfig(adfq=AdfqConfig(asmo_iters=5), ptq4vit=Ptq4vitConfig(candidates=8, rounds=1))
+    qmodel = quantize_model(model, build_recipe(method, quick), *bits, [calib[:64], calib[64:128]])
     images, _ = load_demo_split("test")
     batch = images[:32]
     with torch.no_grad():
