@@ -1,0 +1,50 @@
+"""Dyadic requantization: the one rescaling rule of the integer contract.
+
+A float ratio r > 0 (e.g. s_in * s_w / s_out) becomes an integer multiplier m and a right shift s with
+r ~= m / 2**s, m in [2**30, 2**31) (a 31-bit mantissa, as I-ViT / gemmlowp). An int32 accumulator is
+rescaled as
+
+    y = clamp((acc * m + 2**(s - 1)) >> s, lo, hi)        (arithmetic shift: round half up)
+
+in int64 arithmetic: |acc| < 2**31 and m < 2**31 keep acc * m inside int64. The same rule serves the
+int64 reference (`requantize`, NumPy) and the Numba kernels (`requantize_one`, compiled), and
+`round_half_up` on the fake-quant side rounds the same way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+MANTISSA_BITS = 31
+MAX_SHIFT = 62  # 2**(s-1) and acc * m stay inside int64
+
+
+def dyadic(ratio: float) -> tuple[int, int]:
+    """(m, s) with m / 2**s the closest such value to `ratio` (> 0), m in [2**30, 2**31)."""
+    if not (ratio > 0 and math.isfinite(ratio)):
+        raise ValueError(f"requantization ratio must be finite and > 0, got {ratio}")
+    mantissa, exponent = math.frexp(ratio)  # ratio = mantissa * 2**exponent, mantissa in [0.5, 1)
+    m = int(round(mantissa * (1 << MANTISSA_BITS)))
+    shift = MANTISSA_BITS - exponent
+    if m == 1 << MANTISSA_BITS:  # the mantissa rounded up to 1.0
+        m, shift = m >> 1, shift - 1
+    if not 0 < shift <= MAX_SHIFT:
+        raise ValueError(f"requantization ratio {ratio} needs shift {shift}, outside 1..{MAX_SHIFT}")
+    return m, shift
+
+
+def requantize(acc: np.ndarray, m: np.ndarray | int, s: np.ndarray | int, lo: int, hi: int) -> np.ndarray:
+    """The rule on int64 arrays (m, s broadcast: per tensor, per channel or per token)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    m, s = np.asarray(m, dtype=np.int64), np.asarray(s, dtype=np.int64)
+    return np.clip((acc * m + (np.int64(1) << (s - 1))) >> s, lo, hi)
+
+
+@numba.njit(cache=True, inline="always")
+def requantize_one(acc: np.int64, m: np.int64, s: np.int64, lo: np.int64, hi: np.int64) -> np.int64:
+    """The rule on one int64 value, for Numba kernels."""
+    y = (acc * m + (np.int64(1) << (s - 1))) >> s
+    return min(max(y, lo), hi)
