@@ -27,7 +27,8 @@ def uniform_params(lo: torch.Tensor, hi: torch.Tensor, qmax: int) -> tuple[torch
     rounded half up and clamped to the code range.
     """
     lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
-    scale = torch.where(hi > lo, (hi - lo) / qmax, torch.ones_like(hi))
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # also a width that underflows to 0
     return scale, torch.clamp(torch.floor(-lo / scale + 0.5), 0, qmax)
 
 

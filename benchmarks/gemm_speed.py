@@ -1,0 +1,93 @@
+"""GMAC/s of the integer GEMM kernels against a PyTorch FP32 matmul, on DeiT-Small shapes (batch 8).
+
+In one process: the dense kernel for each operand storage (A/W as int8 or int16, int8-valued codes),
+torch FP32 on the same shapes, the log-shift kernel on softmax.V (batch x heads groups) and on fc2, and
+the sparse outlier kernel at 1% outlier density on fc1. The last line is `ratio: X`, the dense kernel's
+GMAC/s (A int16, W int8: what the simulator stores) over torch FP32's on fc1.
+
+    python benchmarks/gemm_speed.py [--reps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from adfq_sim.intsim import kernels
+
+BATCH, TOKENS, DIM, HEADS = 8, 197, 384, 6
+LINEAR_SHAPES = {"qkv": (DIM, 3 * DIM), "fc1": (DIM, 4 * DIM), "fc2": (4 * DIM, DIM)}  # K, N
+STORAGES = {"A int16 x W int8": (np.int16, np.int8), "A int16 x W int16": (np.int16, np.int16),
+            "A int8 x W int8": (np.int8, np.int8)}  # int8-valued codes in each storage
+
+
+def best_seconds(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Best wall time of each function, run round-robin so that load drift on a shared machine hits all."""
+    for fn in fns.values():
+        fn()  # compile / warm up
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=10)
+    reps = parser.parse_args().reps
+    rng = np.random.default_rng(0)
+    m = BATCH * TOKENS
+    print(f"DeiT-S shapes, {m} rows (batch {BATCH} x {TOKENS} tokens), best of {reps}, torch threads "
+          f"{torch.get_num_threads()}")
+    fc1 = {}
+    for name, (k, n) in LINEAR_SHAPES.items():
+        macs = m * k * n
+        a = rng.integers(-128, 128, (m, k))
+        w = rng.integers(-128, 128, (n, k))
+        x, wf = torch.from_numpy(a).float(), torch.from_numpy(w).float()
+        fns = {"torch": lambda: x @ wf.T}
+        for label, (a_type, w_type) in STORAGES.items():
+            fns[label] = lambda ai=a.astype(a_type), wi=w.astype(w_type): kernels.dense_gemm(ai, wi)
+        rates = {label: macs / seconds / 1e9 for label, seconds in best_seconds(fns, reps).items()}
+        print(f"{name:4s} {m}x{k}x{n}  torch FP32 {rates['torch']:7.1f} GMAC/s")
+        for label in STORAGES:
+            print(f"{name:4s}   dense {label:17s} {rates[label]:7.1f} GMAC/s   "
+                  f"ratio to torch {rates[label] / rates['torch']:5.2f}")
+        if name == "fc1":
+            fc1 = {"torch": rates["torch"], "kernel": rates["A int16 x W int8"]}
+            count = macs // n // 100  # 1% of the input elements are outliers
+            pos = rng.choice(m * k, size=count, replace=False)
+            rows, cols = (pos // k).astype(np.int32), (pos % k).astype(np.int32)
+            codes = rng.integers(-(1 << 15), 1 << 15, count).astype(np.int16)
+            acc, w8 = np.zeros((m, n), np.int32), w.astype(np.int8)
+            sparse = {"sparse": lambda: kernels.add_outliers(acc, rows, cols, codes, w8)}
+            seconds = best_seconds(sparse, reps)["sparse"]
+            print(f"fc1  sparse outliers (1%: {count}) {count * n / seconds / 1e9:7.2f} GMAC/s, "
+                  f"{seconds * 1e3:.2f} ms")
+
+    groups, head_dim = BATCH * HEADS, DIM // HEADS
+    shapes = {"softmax.V": (groups, TOKENS, TOKENS, head_dim), "fc2 (SLQ)": (1, m, 4 * DIM, DIM)}
+    for name, (g, rows_, k, n) in shapes.items():
+        macs = g * rows_ * k * n
+        p = rng.integers(0, 16, (g, rows_, k)).astype(np.uint8)
+        b = rng.integers(-128, 128, (g, n, k)).astype(np.int16)
+        pf, bf = torch.from_numpy(p).float(), torch.from_numpy(b).float()
+        fns = {"torch": lambda: pf @ bf.transpose(1, 2)}
+        for base in ("sqrt2", "2"):
+            fns[base] = lambda base=base: kernels.log_shift_gemm(p, b, 8, base, 15)
+        rates = {label: macs / seconds / 1e9 for label, seconds in best_seconds(fns, reps).items()}
+        for base in ("sqrt2", "2"):
+            print(f"{name:9s} {g}x{rows_}x{k}x{n} log-shift base {base:5s} {rates[base]:6.1f} GMAC/s   "
+                  f"torch FP32 {rates['torch']:6.1f}   ratio {rates[base] / rates['torch']:5.2f}")
+    print(f"ratio: {fc1['kernel'] / fc1['torch']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Integer GEMM kernels: Numba == int64 reference bit for bit, and the accumulator bounds hold and are tight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adfq_sim.intsim import kernels, reference
+from adfq_sim.intsim.bounds import (INT32_MAX, AccBound, AccumulatorOverflowError, check_int32, dense_bound,
+                                    log_shift_bound)
+from adfq_sim.quant.ppoq import OUTLIER_CODE_MAX, OUTLIER_CODE_MIN
+
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+def code_range(bits: int, signed: bool, rng: np.random.Generator) -> tuple[int, int]:
+    """Signed codes, or unsigned codes minus a random zero-point."""
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    zero_point = int(rng.integers(0, 1 << bits))
+    return -zero_point, (1 << bits) - 1 - zero_point
+
+
+def worstish(rng: np.random.Generator, lo: int, hi: int, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Uniform codes, half of them pushed to the extremes of [lo, hi]."""
+    x = rng.integers(lo, hi + 1, size=shape)
+    extreme = rng.random(shape) < 0.5
+    return np.where(extreme, np.where(rng.random(shape) < 0.5, lo, hi), x).astype(dtype)
+
+
+def storage(lo: int, hi: int, rng: np.random.Generator):
+    """int8 when the codes fit (either storage is valid), else int16."""
+    return np.int8 if -128 <= lo and hi <= 127 and rng.random() < 0.5 else np.int16
+
+
+def assert_within(values: np.ndarray, bound: AccBound) -> None:
+    assert (values >= bound.lo).all() and (values <= bound.hi).all()
+
+
+# (G, M, N, K, shared): G = 0 for 2-D A; shared: one W [N, K] for all groups, else W [G, N, K]
+shapes = st.tuples(st.sampled_from([0, 1, 3]), st.integers(1, 37), st.integers(1, 23), st.integers(1, 70),
+                   st.booleans())
+
+
+@SETTINGS
+@given(shape=shapes, a_bits=st.integers(2, 8), w_bits=st.integers(2, 8), a_signed=st.booleans(),
+       w_signed=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_dense_kernel_equals_reference(shape, a_bits, w_bits, a_signed, w_signed, with_bias, seed) -> None:
+    groups, m, n, k, shared = shape
+    per_group = bool(groups) and not shared
+    rng = np.random.default_rng(seed)
+    a_lo, a_hi = code_range(a_bits, a_signed, rng)
+    w_lo, w_hi = code_range(w_bits, w_signed, rng)
+    a = worstish(rng, a_lo, a_hi, ((groups,) if groups else ()) + (m, k), storage(a_lo, a_hi, rng))
+    w = worstish(rng, w_lo, w_hi, ((groups,) if per_group else ()) + (n, k), storage(w_lo, w_hi, rng))
+    bias = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32) if with_bias else None
+    got, want = kernels.dense_gemm(a, w, bias), reference.dense_gemm(a, w, bias)
+    assert got.dtype == np.int32 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    bound = dense_bound((a_lo, a_hi), np.full((1, k), w_lo), np.full((1, k), w_hi), bias) if per_group else \
+        dense_bound((a_lo, a_hi), w, None, bias)
+    assert_within(want, bound)
+
+
+def random_outliers(rng: np.random.Generator, m: int, k: int, count: int):
+    """Distinct positions, as PPOQ produces them."""
+    positions = rng.choice(m * k, size=min(count, m * k), replace=False)
+    rows, cols = (positions // k).astype(np.int32), (positions % k).astype(np.int32)
+    codes = worstish(rng, OUTLIER_CODE_MIN, OUTLIER_CODE_MAX, rows.shape, np.int16)
+    return rows, cols, codes
+
+
+@SETTINGS
+@given(shape=shapes, a_bits=st.integers(2, 8), w_bits=st.integers(2, 8), w_signed=st.booleans(),
+       outliers=st.integers(0, 60), shift=st.integers(0, 6), with_bias=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_outlier_path_equals_reference(shape, a_bits, w_bits, w_signed, outliers, shift, with_bias, seed) -> None:
+    _, m, n, k, _ = shape
+    rng = np.random.default_rng(seed)
+    a_lo, a_hi = code_range(a_bits, False, rng)  # PPOQ: unsigned codes minus the token's zero-point
+    w_lo, w_hi = code_range(w_bits, w_signed, rng)
+    a = worstish(rng, a_lo, a_hi, (m, k), np.int16)
+    w = worstish(rng, w_lo, w_hi, (n, k), storage(w_lo, w_hi, rng))
+    rows, cols, codes = random_outliers(rng, m, k, outliers)
+    a[rows, cols] = 0  # the dense code holds the zero-point where an outlier was taken out
+    bias = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32) if with_bias else None
+    want = reference.dense_with_outliers(a, w, rows, cols, codes, shift, bias)
+    np.testing.assert_array_equal(kernels.dense_with_outliers(a, w, rows, cols, codes, shift, bias), want)
+    acc = kernels.dense_gemm(a, w)  # the sparse kernel alone adds into an existing accumulator
+    kernels.add_outliers(acc, rows, cols, codes, w)
+    np.testing.assert_array_equal(acc, reference.dense_gemm(a, w) + reference.outlier_gemm(rows, cols, codes, w, m))
+    per_row = int(np.bincount(rows, minlength=1).max())
+    assert_within(want, dense_bound((a_lo, a_hi), w, None, bias, shift=shift, max_outliers=per_row))
+
+
+@SETTINGS
+@given(shape=shapes, bits=st.integers(2, 8), base=st.sampled_from(reference.LOG_BASES), e=st.integers(0, 12),
+       b_bits=st.integers(2, 8), b_signed=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_log_shift_kernel_equals_reference(shape, bits, base, e, b_bits, b_signed, with_bias, seed) -> None:
+    groups, m, n, k, shared = shape
+    per_group = bool(groups) and not shared
+    rng = np.random.default_rng(seed)
+    zero_code = (1 << bits) - 1
+    p = rng.integers(0, zero_code + 1, ((groups,) if groups else ()) + (m, k)).astype(np.uint8)
+    p[rng.random(p.shape) < 0.2] = 0  # the largest value, the biggest terms
+    b_lo, b_hi = code_range(b_bits, b_signed, rng)
+    b = worstish(rng, b_lo, b_hi, ((groups,) if per_group else ()) + (n, k), storage(b_lo, b_hi, rng))
+    bias = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32) if with_bias else None
+    want = reference.log_shift_gemm(p, b, e, base, zero_code, bias)
+    np.testing.assert_array_equal(kernels.log_shift_gemm(p, b, e, base, zero_code, bias), want)
+    bound = log_shift_bound(np.full((1, k), b_lo), np.full((1, k), b_hi), e, bias) if per_group else \
+        log_shift_bound(b, None, e, bias)
+    assert_within(want, bound)
+
+
+def test_log_shift_semantics_by_hand() -> None:
+    """Base 2 floors (b << E) >> q; base sqrt2 scales the odd accumulator once by 1/sqrt2 (round half up)."""
+    b = np.array([[-3, 5, 7, 9]], np.int16)
+    p = np.array([[1, 2, 3, 3]], np.uint8)  # base 2: -3/2 -> -2, 5/4 -> 1, the zero code (3) twice -> 0
+    for impl in (reference, kernels):
+        assert impl.log_shift_gemm(p, b, 0, "2", 3)[0, 0] == -2 + 1
+    p = np.array([[0, 1, 3, 4]], np.uint8)  # sqrt2, zero code 15: even -3 + 9/4 -> -3 + 2; odd 5 + 7/2 -> 8
+    for impl in (reference, kernels):  # 8 / sqrt2 = 5.66 -> 6
+        assert impl.log_shift_gemm(p, b, 0, "sqrt2", 15)[0, 0] == -1 + 6
+
+
+@pytest.mark.parametrize("m", [1, 197])  # 197 tokens: not a multiple of the row block
+def test_dense_bound_is_attained_by_the_extreme_codes(m: int) -> None:
+    """Row i drives channel i % n to its bound: extreme codes, then its R best positions as outliers."""
+    rng = np.random.default_rng(m)
+    n, k, shift, a_lo, a_hi = 9, 31, 3, -5, 250
+    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    w64 = w.astype(np.int64)  # (-1 * int8 -128 would wrap)
+    bias = rng.integers(1, 1000, n).astype(np.int32)  # > 0: counted in hi only
+    channel = np.arange(m) % n
+    for outliers in (0, 4):
+        bound = dense_bound((a_lo, a_hi), w, None, bias, shift=shift, max_outliers=outliers)
+        for sign, target in ((1, bound.hi), (-1, bound.lo)):
+            a = np.where(sign * w64[channel] > 0, a_hi, a_lo).astype(np.int16)
+            o_best = np.where(sign * w64[channel] > 0, OUTLIER_CODE_MAX, OUTLIER_CODE_MIN)
+            gain = sign * w64[channel] * (o_best - a * 2**shift)  # [m, k]: what an outlier adds there
+            cols = np.argsort(-gain, axis=1, kind="stable")[:, :outliers]
+            rows = np.repeat(np.arange(m), outliers)
+            codes = np.take_along_axis(o_best, cols, axis=1).ravel().astype(np.int16)
+            a[rows, cols.ravel()] = 0
+            acc = kernels.dense_with_outliers(a, w, rows.astype(np.int32), cols.ravel().astype(np.int32), codes,
+                                              shift, bias if sign > 0 else None)
+            np.testing.assert_array_equal(acc[np.arange(m), channel], target[channel])
+
+
+def test_log_shift_bound_is_attained_by_the_extreme_codes() -> None:
+    rng = np.random.default_rng(1)
+    b = rng.integers(-128, 128, (5, 40)).astype(np.int8)
+    bound = log_shift_bound(b, None, 9)
+    for base in reference.LOG_BASES:
+        for sign, target in ((1, bound.hi), (-1, bound.lo)):
+            p = np.where(sign * b.astype(np.int64) > 0, 0, 255).astype(np.uint8)  # code 0 or zero
+            acc = kernels.log_shift_gemm(p, b, 9, base, 255)
+            np.testing.assert_array_equal(np.diagonal(acc), target)
+
+
+def test_check_int32_refuses_a_layer_that_could_overflow() -> None:
+    w = np.full((3, 4), 127, np.int8)
+    assert check_int32(dense_bound((0, 255), w), "blocks.0.fc1") == 4 * 255 * 127
+    edge = AccBound(lo=np.zeros(2), hi=np.array([0.0, INT32_MAX]))
+    assert check_int32(edge, "x") == INT32_MAX
+    with pytest.raises(AccumulatorOverflowError, match=r"blocks\.3\.fc2.*channel 1"):
+        check_int32(AccBound(lo=np.zeros(2), hi=np.array([0.0, INT32_MAX + 1.0])), "blocks.3.fc2")
+    with pytest.raises(AccumulatorOverflowError, match="attn.v"):
+        check_int32(log_shift_bound(np.full((1, 4096), -256), np.full((1, 4096), 255), 20), "attn.v")
+    big = np.full((2, 768), 127, np.int8)  # DeiT-B qkv, W8, every element an outlier
+    with pytest.raises(AccumulatorOverflowError):
+        check_int32(dense_bound((-255, 255), big, shift=0, max_outliers=768), "qkv")
+
+
+def test_invalid_operands_are_refused() -> None:
+    a, w = np.zeros((4, 5), np.int16), np.zeros((3, 6), np.int8)
+    for impl in (reference, kernels):
+        with pytest.raises(ValueError, match="inner dimensions"):
+            impl.dense_gemm(a, w)
+        with pytest.raises(ValueError, match="above the zero code"):
+            impl.log_shift_gemm(np.full((2, 6), 16, np.uint8), w, 0, "sqrt2", 15)
+        with pytest.raises(ValueError, match="out of range"):
+            impl.dense_with_outliers(a, w[:, :5], np.array([4], np.int32), np.array([0], np.int32),
+                                     np.array([1], np.int16), 2)
+    with pytest.raises(ValueError, match="outside int16"):
+        kernels.dense_gemm(np.full((1, 6), 1 << 16, np.int32), w)

@@ -1,0 +1,272 @@
+"""Integer non-linear ops: exact isqrt, Numba == int64 reference bit for bit, and the measured
+accuracy against the float ops followed by the same float quantizer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adfq_sim.intsim import nonlinear as nk
+from adfq_sim.intsim import nonlinear_reference as nr
+from adfq_sim.quant.quantizers import GELU_MINIMUM, LOG_BASES, LogQuantizer
+
+INT63 = (1 << 63) - 1
+
+
+def uniform_float_codes(v: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int) -> np.ndarray:
+    """UniformQuantizer's rule in float64: clamp(floor(v / scale + zp + 1/2), 0, qmax)."""
+    return np.clip(np.floor(v / scale + zp + 0.5), 0, (1 << bits) - 1)
+
+
+def log_quantizer(bits: int, base: str, delta: float, shift: float = 0.0) -> LogQuantizer:
+    q = LogQuantizer(bits, base, shift=shift)
+    q.delta = torch.nn.Parameter(torch.tensor(delta, dtype=torch.float32), requires_grad=False)
+    q.calibrated = True
+    return q
+
+
+def log_float_codes(q: LogQuantizer, v: np.ndarray) -> np.ndarray:
+    return q.quantize(torch.from_numpy(v).float()).numpy()
+
+
+# ---------------------------------------------------------------------------------------------- isqrt
+
+SQUARE_EDGES = [0, 1, 2, 3, 4, 8, 9, 15, 16, INT63, 1 << 62, (1 << 62) - 1]
+SQUARE_EDGES += [r * r + d for r in (3037000499, 3037000498, 1 << 31, (1 << 31) - 1, 46341) for d in (-1, 0, 1)
+                 if 0 <= r * r + d <= INT63]
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.lists(st.integers(0, INT63), min_size=1, max_size=50))
+def test_isqrt_is_exact(n: list[int]) -> None:
+    values = np.array(n + SQUARE_EDGES, dtype=np.int64)
+    expected = [math.isqrt(v) for v in n + SQUARE_EDGES]
+    assert nk.isqrt(values).tolist() == expected
+    assert nr.isqrt(values).tolist() == expected
+
+
+def test_isqrt_refuses_negatives() -> None:
+    with pytest.raises(ValueError):
+        nk.isqrt(np.array([4, -1]))
+
+
+# ------------------------------------------------------------------------------------------ LayerNorm
+
+
+def layernorm_case(rng: np.random.Generator, rows: int, channels: int, tokens: int, bits: int, input_bits: int,
+                   alpha: float | None = None, eps: float = 1e-6):
+    """Residual-stream-like codes (a few huge channels), their float LayerNorm, and the int constants."""
+    xf = rng.normal(0, 1, (rows, channels)) * rng.uniform(0.2, 3, (rows, 1))
+    xf[:, rng.integers(0, channels, 2)] *= 30
+    scale = float(np.abs(xf).max()) / ((1 << (input_bits - 1)) - 1)
+    x = np.round(xf / scale).astype(np.int32)
+    gamma, beta = rng.normal(1, 0.3, channels), rng.normal(0, 0.2, channels)
+    y = torch.nn.functional.layer_norm(torch.from_numpy(x * scale), (channels,), torch.from_numpy(gamma),
+                                       torch.from_numpy(beta), eps).numpy()
+    tokens = min(tokens, rows)
+    token = np.arange(rows) % tokens
+    lo = np.array([np.quantile(y[token == t], 0.001) for t in range(tokens)]).clip(max=0)
+    hi = np.array([np.quantile(y[token == t], 0.999) for t in range(tokens)]).clip(min=0)
+    out_scale = (hi - lo) / ((1 << bits) - 1)
+    zp = np.floor(-lo / out_scale + 0.5).astype(np.int64)
+    consts = nr.layernorm_constants(channels, scale, gamma, beta, eps, input_bits, out_scale, zp, bits, alpha)
+    expected = uniform_float_codes(y, out_scale[token][:, None], zp[token][:, None], bits)
+    return x, y, consts, expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 45), channels=st.integers(1, 70),
+       tokens=st.integers(1, 6), bits=st.integers(2, 8), input_bits=st.integers(2, 20),
+       alpha=st.sampled_from([None, 0.5, 3.0]), extreme=st.booleans())
+def test_layernorm_numba_equals_reference(seed, rows, channels, tokens, bits, input_bits, alpha, extreme) -> None:
+    rng = np.random.default_rng(seed)
+    x, _, consts, _ = layernorm_case(rng, rows, channels, tokens, bits, input_bits, alpha)
+    if extreme:  # the exported input range at full swing, and constant rows (zero variance)
+        top = consts.input_max
+        x = rng.choice(np.array([-top, top, 0, top - 1], np.int64), size=x.shape).astype(np.int32)
+        x[:: 3] = x[:: 3, :1]
+    np.testing.assert_array_equal(nk.layernorm_acc(x, consts), nr.layernorm_acc(x, consts))
+    np.testing.assert_array_equal(nk.layernorm(x, consts), nr.layernorm(x, consts))
+
+
+def test_layernorm_widest_inputs_do_not_overflow() -> None:
+    """C = 768 at the widest allowed input (22 bits), full swing: acc still tracks the float LayerNorm."""
+    rng = np.random.default_rng(0)
+    channels, top = 768, 1 << 21
+    x = rng.choice(np.array([-top, top, 5, -3], np.int64), size=(9, channels)).astype(np.int32)
+    x[0] = top  # a constant row
+    x[1, :] = -top
+    x[1, 7] = top  # a single huge deviation: |y| near its bound sqrt(C - 1)
+    gamma, beta = rng.normal(1, 0.3, channels), rng.normal(0, 0.2, channels)
+    consts = nr.layernorm_constants(channels, 1e-3, gamma, beta, 1e-6, 22, 0.05, 128, 8)
+    acc = nk.layernorm_acc(x, consts)
+    np.testing.assert_array_equal(acc, nr.layernorm_acc(x, consts))
+    y = torch.nn.functional.layer_norm(torch.from_numpy(x * 1e-3), (channels,), torch.from_numpy(gamma),
+                                       torch.from_numpy(beta), 1e-6).numpy()
+    assert np.abs(acc / 2.0 ** (consts.frac_bits + consts.gamma_bits) - y).max() < 1e-2
+    with pytest.raises(ValueError, match="overflows"):
+        nr.layernorm_constants(channels, 1e-3, gamma, beta, 1e-6, 23, 0.05, 128, 8)
+    with pytest.raises(ValueError, match="outside the exported range"):
+        nk.layernorm(x.clip(-top + 1, top - 1) * 2, consts)
+
+
+@pytest.mark.parametrize("bits, tokens, max_off", [(8, 197, 1.5e-3), (6, 197, 5e-4), (4, 1, 3e-4), (2, 197, 1e-4)])
+def test_layernorm_accuracy(bits: int, tokens: int, max_off: float) -> None:
+    """Measured: never more than 1 code off; at 8 bits <= 0.15 % of elements are off by one (C = 768)."""
+    rng = np.random.default_rng(1)
+    x, _, consts, expected = layernorm_case(rng, 2 * 197, 768, tokens, bits, 16)
+    np.testing.assert_array_equal(nk.layernorm_acc(x, consts), nr.layernorm_acc(x, consts))  # large-case check
+    diff = np.abs(nk.layernorm(x, consts) - expected)
+    assert diff.max() <= 1
+    assert (diff > 0).mean() <= max_off
+
+
+def test_layernorm_outliers_take_the_zero_point() -> None:
+    """alpha's integer form splits the float LN outputs at alpha (up to the integer error at the edge)."""
+    rng = np.random.default_rng(2)
+    x, y, consts, expected = layernorm_case(rng, 60, 96, 3, 8, 16, alpha=2.5)
+    codes, acc = nk.layernorm(x, consts), nk.layernorm_acc(x, consts)
+    outlier = np.abs(acc) > consts.outlier_threshold
+    clear = np.abs(np.abs(y) - 2.5) > 1e-2
+    assert outlier.any() and (~outlier).any()
+    np.testing.assert_array_equal(outlier[clear], (np.abs(y) > 2.5)[clear])
+    np.testing.assert_array_equal(codes[outlier], consts.out.zero_point[np.nonzero(outlier)[0] % 3])
+    assert np.abs(codes[~outlier] - expected[~outlier]).max() <= 1
+
+
+# -------------------------------------------------------------------------------------------- softmax
+
+
+def test_exp_polynomial_is_monotone_and_accurate() -> None:
+    f = np.arange(1 << nr.EXP_FRAC_BITS, dtype=np.int64)
+    e = nr.exp2_poly(f)
+    assert e[0] == 1 << 30 and (np.diff(e) <= 0).all()
+    assert nr.exp2_poly(np.array([1 << nr.EXP_FRAC_BITS]))[0] == 1 << 29  # continuous across octaves
+    assert np.abs(e / 2.0 ** (30 - f / 2.0**nr.EXP_FRAC_BITS) - 1).max() < 2.7e-3
+
+
+def softmax_output(kind: str, bits: int, scale: float) -> nr.UniformOutput | nr.LogOutput:
+    if kind == "uniform":
+        return nr.uniform_output(scale / ((1 << bits) - 1), 0, bits, nr.EXP_ONE_BITS)
+    return nr.log_output(scale, LOG_BASES[kind], bits, nr.EXP_ONE_BITS)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 30), cols=st.integers(1, 90),
+       log_scale=st.floats(-9, -0.5), spread=st.sampled_from([1.0, 1e3, 1e6, 2.0**30]),
+       kind=st.sampled_from(["uniform", "sqrt2", "2"]), bits=st.integers(2, 8), out_scale=st.floats(0.3, 1.0))
+def test_softmax_numba_equals_reference(seed, rows, cols, log_scale, spread, kind, bits, out_scale) -> None:
+    rng = np.random.default_rng(seed)
+    x = np.clip(rng.normal(0, spread, (rows, cols)), -nr.SOFTMAX_INPUT_MAX, nr.SOFTMAX_INPUT_MAX).astype(np.int32)
+    consts = nr.softmax_constants(10.0**log_scale, softmax_output(kind, bits, out_scale))
+    np.testing.assert_array_equal(nk.softmax(x, consts), nr.softmax(x, consts))
+
+
+def test_softmax_extreme_scores_match_float() -> None:
+    """Scores at +-(2**30 - 1) and every input scale regime: no wrap, probabilities within 1e-3."""
+    rng = np.random.default_rng(3)
+    top = nr.SOFTMAX_INPUT_MAX
+    x = rng.choice(np.array([-top, top, top - 1, 0, top - 5000], np.int64), size=(20, 33)).astype(np.int32)
+    for s_in in (1e-9, 1e-6, 1e-3, 0.3):
+        consts = nr.softmax_constants(s_in, softmax_output("uniform", 8, 1.0))
+        p = nr.softmax_probabilities(x, consts) / 2.0**30
+        np.testing.assert_allclose(p, torch.softmax(torch.from_numpy(x * s_in), -1).numpy(), atol=1e-3)
+        np.testing.assert_array_equal(nk.softmax(x, consts), nr.softmax(x, consts))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), base=st.sampled_from(["sqrt2", "2"]), bits=st.integers(2, 8),
+       delta=st.floats(0.05, 1.0))
+def test_log_thresholds_are_log_quantizer(seed: int, base: str, bits: int, delta: float) -> None:
+    """Integer thresholds == LogQuantizer (rounding half up in the log domain, zero rule) on Q30 values,
+    except within float32 rounding of a threshold."""
+    rng = np.random.default_rng(seed)
+    delta = float(np.float32(delta))
+    out = nr.log_output(delta, LOG_BASES[base], bits, 30)
+    p = np.concatenate([rng.integers(0, 1 << 30, 2000), out.thresholds + rng.integers(-1, 2, out.thresholds.size),
+                        [0, 1 << 30, out.zero_below - 1, out.zero_below]])
+    p = p[p >= 0]
+    expected = log_float_codes(log_quantizer(bits, base, delta), p / 2.0**30)
+    edges = np.concatenate([out.thresholds, [out.zero_below]])
+    near = (np.abs(p[:, None] - edges) <= edges * 1e-6 + 1).any(axis=1)
+    np.testing.assert_array_equal(nr.log_codes(p, out)[~near], expected[~near])
+
+
+def attention_scores(rng: np.random.Generator, sigma: float, s_in: float) -> tuple[np.ndarray, np.ndarray]:
+    """6 heads x 197 queries x 197 keys of int32 scores and their float softmax (float64)."""
+    x = np.round(rng.normal(0, sigma, (6 * 197, 197)) / s_in).astype(np.int32)
+    return x, torch.softmax(torch.from_numpy(x * s_in), -1).numpy()
+
+
+@pytest.mark.parametrize("sigma, s_in", [(3.0, 1e-3), (1.0, 0.05)])
+def test_softmax_uniform_accuracy(sigma: float, s_in: float) -> None:
+    """Measured: never more than 1 code off; <= 0.4 % of elements off by one at 8 bits."""
+    x, p = attention_scores(np.random.default_rng(4), sigma, s_in)
+    for bits, max_off in ((8, 4e-3), (4, 2e-4)):
+        consts = nr.softmax_constants(s_in, softmax_output("uniform", bits, 1.0))
+        diff = np.abs(nk.softmax(x, consts) - uniform_float_codes(p, 1 / ((1 << bits) - 1), 0, bits))
+        assert diff.max() <= 1 and (diff > 0).mean() <= max_off
+
+
+@pytest.mark.parametrize("base", ["sqrt2", "2"])
+def test_softmax_log_accuracy(base: str) -> None:
+    """Measured against LogQuantizer: within 1 code wherever p >= 2**-29 (Q30 resolution); below it the
+    integer softmax gives 0 or the smallest levels, so both values are < 2**-28; <= 0.6 % off."""
+    x, p = attention_scores(np.random.default_rng(5), 3.0, 1e-3)
+    for bits in (3, 4, 8):
+        quantizer = log_quantizer(bits, base, 1.0)
+        codes = nk.softmax(x, nr.softmax_constants(1e-3, softmax_output(base, bits, 1.0)))
+        expected = log_float_codes(quantizer, p)
+        visible = p >= 2.0**-29
+        diff = np.abs(codes - expected)
+        assert diff[visible].max() <= 1 and (diff > 0).mean() <= 6e-3
+        value = quantizer.dequantize(torch.from_numpy(codes).float()).numpy()
+        assert (value[~visible] < 2.0**-28).all()
+
+
+# ----------------------------------------------------------------------------------------------- GELU
+
+
+def gelu_output(kind: str, bits: int):
+    """The next quantizer as a float64 -> codes callable: SLQ (log sqrt2 / 2 from GELU's minimum) or uniform."""
+    if kind == "uniform":
+        scale = 6.0 / ((1 << bits) - 1)
+        return lambda v: uniform_float_codes(v, scale, np.floor(-GELU_MINIMUM / scale + 0.5), bits)
+    quantizer = log_quantizer(bits, kind, 4.0 - GELU_MINIMUM, shift=GELU_MINIMUM)
+    return lambda v: log_float_codes(quantizer, v)
+
+
+def gelu_accumulators(rng: np.random.Generator, size: int, s_in: float) -> np.ndarray:
+    """fc1-like accumulators (GELU inputs ~ N(0, 1.5)) plus the int32 extremes."""
+    acc = np.clip(np.round(rng.normal(0, 1.5, size) / s_in), -nr.INT31, nr.INT31)
+    return np.concatenate([acc, [-nr.INT31, nr.INT31, 0, -1, 1]]).astype(np.int32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 3000), log_scale=st.floats(-9, 0),
+       kind=st.sampled_from(["uniform", "sqrt2", "2"]), bits=st.integers(2, 8))
+def test_gelu_numba_equals_reference(seed, size, log_scale, kind, bits) -> None:
+    rng = np.random.default_rng(seed)
+    s_in = 10.0**log_scale
+    acc = gelu_accumulators(rng, size, s_in)
+    acc[::3] = rng.integers(-nr.INT31, nr.INT31, acc[::3].size)
+    consts = nr.gelu_constants(s_in, gelu_output(kind, bits))
+    assert (np.diff(consts.thresholds) > 0).all() and len(consts.codes) == len(consts.thresholds) + 1
+    np.testing.assert_array_equal(nk.gelu(acc, consts), nr.gelu(acc, consts))
+
+
+@pytest.mark.parametrize("kind, bits", [("sqrt2", 4), ("2", 3), ("sqrt2", 8), ("uniform", 8), ("uniform", 4)])
+@pytest.mark.parametrize("s_in", [1e-4, 0.02])
+def test_gelu_equals_float_gelu_then_quantizer(kind: str, bits: int, s_in: float) -> None:
+    """Measured and asserted: 0 codes differ (the breakpoints are exact), also right at the breakpoints."""
+    quantize = gelu_output(kind, bits)
+    consts = nr.gelu_constants(s_in, quantize)
+    acc = gelu_accumulators(np.random.default_rng(6), 200_000, s_in)
+    acc = np.concatenate([acc, (consts.thresholds[:, None] + np.arange(-1, 1)).ravel().astype(np.int32)])
+    v = torch.from_numpy(acc.astype(np.float64) * s_in)
+    np.testing.assert_array_equal(nk.gelu(acc, consts), quantize(torch.nn.functional.gelu(v).numpy()))
