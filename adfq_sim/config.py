@@ -267,7 +267,7 @@ def _validate(cfg: Config) -> None:
         raise UserInputError(f"quant.percentile.percentile: must be in (50, 100], got {q.percentile.percentile}")
 
     _validate_ptq4vit(q.ptq4vit)
-    _validate_adfq(q.adfq)
+    _validate_adfq(q.adfq, d)
 
     from hw_models.presets import check_hardware
 
@@ -283,7 +283,7 @@ def _validate_ptq4vit(p: Ptq4vitConfig) -> None:
         raise UserInputError(f"quant.ptq4vit.alpha, beta: need 0 < alpha < beta, got {p.alpha}, {p.beta}")
 
 
-def _validate_adfq(a: AdfqConfig) -> None:
+def _validate_adfq(a: AdfqConfig, d: DataConfig) -> None:
     _check_choice(a.outliers, ("int16", "float"), "quant.adfq.outliers")
     _check_choice(a.log_base, ("sqrt2", "2"), "quant.adfq.log_base")
     _check_choice(a.profile, tuple(ASMO_PROFILES), "quant.adfq.profile")
@@ -300,6 +300,14 @@ def _validate_adfq(a: AdfqConfig) -> None:
         value = getattr(a, key)
         if value is not None and value < low:
             raise UserInputError(f"quant.adfq.{key}: must be >= {low}, got {value}")
+    if a.asmo_images is not None and a.asmo_images > d.calib_images:
+        raise UserInputError(f"quant.adfq.asmo_images: {a.asmo_images} exceeds data.calib_images "
+                             f"({d.calib_images}); ASMO reconstructs on calibration images")
+    if a.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError("quant.adfq.device: cuda requested but no GPU is available")
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:

@@ -58,6 +58,8 @@ def test_ablation_configs_load(path: Path) -> None:
         ({"quant": {"adfq": {"alpha_qkv": 0}}}, ["quant.adfq.alpha_qkv", "> 0"]),
         ({"quant": {"adfq": {"asmo_drop_prob": 1.5}}}, ["quant.adfq.asmo_drop_prob"]),
         ({"quant": {"adfq": {"asmo_iter": 5}}}, ["quant.adfq.asmo_iter", "did you mean 'asmo_iters'"]),
+        ({"data": {"calib_images": 16}, "quant": {"adfq": {"asmo_images": 64}}},
+         ["quant.adfq.asmo_images", "exceeds data.calib_images"]),
         ({"model": {"name": "deit_smal_patch16_224", "random_init": True}},
          ["model.name", "did you mean 'deit_small_patch16_224'"]),
         ({"model": {"name": "deit_tiny_patch16_224"}}, ["model.checkpoint", "never downloaded"]),
