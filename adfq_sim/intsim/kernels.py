@@ -19,7 +19,8 @@ import numpy as np
 from numba import prange
 
 from adfq_sim.intsim.dyadic import requantize_one
-from adfq_sim.intsim.reference import (INV_SQRT2, check_bias, check_log_args, check_outliers, gemm_shapes)
+from adfq_sim.intsim.reference import (INV_SQRT2, check_bias, check_log_args, check_outlier_gemm, check_outliers,
+                                       gemm_shapes)
 
 ROW_BLOCK = 8  # rows of A sharing each row of W while it is hot in L1
 _I64_MIN, _I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
@@ -162,10 +163,7 @@ def add_outliers(acc: np.ndarray, rows: np.ndarray, cols: np.ndarray, codes: np.
 def dense_with_outliers(a: np.ndarray, w: np.ndarray, rows: np.ndarray, cols: np.ndarray, codes: np.ndarray,
                         shift: int, bias: np.ndarray | None = None) -> np.ndarray:
     """((A @ W^T) << shift) + sparse outlier products + bias as int32 [M, N] (A, W 2-D)."""
-    if a.ndim != 2 or w.ndim != 2:
-        raise ValueError(f"the outlier path takes 2-D A and W, got {a.shape} and {w.shape}")
-    if not 0 <= shift <= 31:
-        raise ValueError(f"outlier shift must be in 0..31, got {shift}")
+    check_outlier_gemm(a, w, shift)
     acc = dense_gemm(a, w)
     acc <<= shift  # a separate pass: a variable shift inside the dot-product loop stops its vectorisation
     add_outliers(acc, rows, cols, codes, w)
