@@ -14,7 +14,6 @@ from adfq_sim.data.demo import load_demo_split
 from adfq_sim.models.loading import load_model
 from adfq_sim.pipeline import run_experiment
 from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.recipes import METHODS, build_recipe
 from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
 
@@ -108,10 +107,13 @@ def test_quantized_logits_do_not_depend_on_the_batch(method: str, bits: tuple[in
     assert torch.allclose(shuffled, alone[0], atol=1e-4, rtol=1e-4)
 
 
-def test_quantized_model_leaves_the_float_model_untouched() -> None:
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_quantizing_leaves_the_float_model_untouched(method: str) -> None:
     model = load_model(ModelConfig()).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    qmodel = QuantModel(model, build_recipe("minmax", QuantConfig()), 4, 4)
-    qmodel.calibrate([load_demo_split("calib")[0][:16]])
+    grad_flags = [p.requires_grad for p in model.parameters()]
+    quick = QuantConfig(adfq=AdfqConfig(asmo_iters=2), ptq4vit=Ptq4vitConfig(candidates=4, rounds=1))
+    quantize_model(model, build_recipe(method, quick), 4, 4, [load_demo_split("calib")[0][:16]])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == grad_flags
     assert not any(type(m).__name__.startswith("Quant") for m in model.modules())

@@ -242,8 +242,8 @@ def asmo_optimize(qmodel: QuantModel, float_model: nn.Module, calib_batches: Seq
     device = resolve_device(settings.device)
     float_ref = copy.deepcopy(float_model).to(device).eval() if device.type != "cpu" else float_model
     qmodel.to(device).eval()
-    for p in list(qmodel.parameters()) + list(float_ref.parameters()):
-        p.requires_grad_(False)
+    for p in qmodel.parameters():  # only the rounding variables and the steps of the unit being
+        p.requires_grad_(False)      # optimized learn; the float model is only read, under no_grad
     images = images.to(device)
     generator = torch.Generator().manual_seed(settings.seed)
     report = []
