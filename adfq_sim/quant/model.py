@@ -23,14 +23,15 @@ from adfq_sim.quant.quantizers import Quantizer
 from adfq_sim.quant.recipes import Recipe
 from adfq_sim.quant.swin_modules import QuantWindowAttention
 
-# Module-name suffix -> (activation role, weight role) for the GEMMs outside attention.
+# Module-name suffix -> input activation role of the GEMMs outside attention (every weight takes the
+# recipe's one weight spec).
 _GEMM_ROLES = {
-    "patch_embed.proj": ("embed_in", "embed_w"),
-    "mlp.fc1": ("fc1_in", "fc1_w"),
-    "mlp.fc2": ("fc2_in", "fc2_w"),
-    "head": ("head_in", "head_w"),
-    "head.fc": ("head_in", "head_w"),  # Swin
-    "downsample.reduction": ("reduction_in", "reduction_w"),  # Swin patch merging
+    "patch_embed.proj": "embed_in",
+    "mlp.fc1": "fc1_in",
+    "mlp.fc2": "fc2_in",
+    "head": "head_in",
+    "head.fc": "head_in",  # Swin
+    "downsample.reduction": "reduction_in",  # Swin patch merging
 }
 
 
@@ -39,10 +40,10 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
-def _role_for(name: str) -> tuple[str, str] | None:
-    for suffix, roles in _GEMM_ROLES.items():
+def _role_for(name: str) -> str | None:
+    for suffix, role in _GEMM_ROLES.items():
         if name == suffix or name.endswith("." + suffix):
-            return roles
+            return role
     return None
 
 
@@ -56,7 +57,8 @@ class QuantModel(nn.Module):
         self.optimization_report: Optional[list] = None
         self._quantize_modules()
 
-    def _gemm(self, module: nn.Module, act_role: str, weight_role: str) -> nn.Module:
+    def _gemm(self, module: nn.Module, act_role: str) -> nn.Module:
+        """The GEMM with its input quantizer (by role) and its weight quantizer, calibrated on the weight."""
         act_q = self.recipe.activation(act_role, self.a_bits)
         weight_q = self.recipe.weight(self.w_bits)
         weight_q.calibrate_static(module.weight)
@@ -71,8 +73,8 @@ class QuantModel(nn.Module):
                 wrapper = QuantWindowAttention if isinstance(module, WindowAttention) else QuantAttention
                 attn = wrapper(
                     module,
-                    qkv=self._gemm(module.qkv, "qkv_in", "qkv_w"),
-                    proj=self._gemm(module.proj, "proj_in", "proj_w"),
+                    qkv=self._gemm(module.qkv, "qkv_in"),
+                    proj=self._gemm(module.proj, "proj_in"),
                     q_q=self.recipe.activation("q", self.a_bits),
                     k_q=self.recipe.activation("k", self.a_bits),
                     v_q=self.recipe.activation("v", self.a_bits),
@@ -81,13 +83,13 @@ class QuantModel(nn.Module):
                 replacements[name] = attn
                 handled.update({f"{name}.qkv", f"{name}.proj"})
             elif isinstance(module, (nn.Linear, nn.Conv2d)) and name not in handled:
-                roles = _role_for(name)
-                if roles is None:
+                role = _role_for(name)
+                if role is None:
                     raise UserInputError(
                         f"model: cannot quantize {name} ({type(module).__name__}); supported: ViT / DeiT / Swin "
                         "(patch_embed.proj, attention qkv/proj, mlp.fc1/fc2, head, head.fc, "
                         "downsample.reduction)")
-                replacements[name] = self._gemm(module, *roles)
+                replacements[name] = self._gemm(module, role)
             elif "attention" in type(module).__name__.lower():
                 raise UserInputError(f"model: unsupported attention module {name} ({type(module).__name__})")
         for name, module in replacements.items():
