@@ -1,0 +1,69 @@
+"""Images/s of the integer simulator on DeiT-Small against PyTorch FP32 eager and the int64 reference.
+
+In one process, on the same machine: DeiT-Small (timm, random init, seed 0) on random images, quantized
+with `minmax` at W8A8 and W4A4 (calibrated and exported on CALIB random images), batch 8. The simulator
+and PyTorch are timed as the best of `--reps` calls after a warm-up call (Numba compiles on its first
+call); the reference, about 100x slower, runs one batch. The last line is `ratio: X`, the simulator's
+W4A4 images/s over PyTorch FP32's.
+
+    python benchmarks/intsim_speed.py [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import timm
+import torch
+
+from adfq_sim.config import QuantConfig
+from adfq_sim.intsim.execute import run_simulator
+from adfq_sim.intsim.execute_reference import run_reference
+from adfq_sim.intsim.program import export
+from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.recipes import build_recipe
+
+BATCH, CALIB = 8, 8
+
+
+def images_per_second(fn: Callable[[], object], reps: int, warm_up: bool = True) -> float:
+    """BATCH over the best wall time of `reps` calls (after one untimed call when warm_up)."""
+    if warm_up:
+        fn()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return BATCH / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    reps = parser.parse_args().reps
+    torch.manual_seed(0)
+    model = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
+    calib = [torch.randn(CALIB, 3, 224, 224)]
+    images = torch.randn(BATCH, 3, 224, 224)
+    print(f"DeiT-Small, random init, batch {BATCH}, best of {reps}, torch threads {torch.get_num_threads()}")
+
+    with torch.no_grad():
+        torch_rate = images_per_second(lambda: model(images), reps)
+    print(f"PyTorch FP32 eager      {torch_rate:8.2f} images/s")
+    sim_rates = {}
+    for bits in (8, 4):
+        program = export(quantize_model(model, build_recipe("minmax", QuantConfig()), bits, bits, calib), calib)
+        sim_rates[bits] = images_per_second(lambda: run_simulator(program, images), reps)
+        ref_rate = images_per_second(lambda: run_reference(program, images), 1, warm_up=False)
+        print(f"W{bits}A{bits} simulator       {sim_rates[bits]:8.2f} images/s  "
+              f"({sim_rates[bits] / torch_rate:.2f}x PyTorch FP32)")
+        print(f"W{bits}A{bits} int64 reference {ref_rate:8.2f} images/s  "
+              f"(simulator {sim_rates[bits] / ref_rate:.1f}x faster)")
+    print(f"ratio: {sim_rates[4] / torch_rate:.3f}")
+
+
+if __name__ == "__main__":
+    main()
