@@ -34,6 +34,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_MISMATCH = 1
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from adfq_sim.config import load_config
+    from adfq_sim.verification import run_verification
+
+    overrides = {key: value for key, value in (("out", args.out), ("seed", args.seed)) if value is not None}
+    path, mismatches = run_verification(load_config(args.config, overrides))
+    print(path)
+    if mismatches:
+        print(f"adfq-sim: {mismatches} mismatched codes between the simulator and the integer-faithful "
+              "fake-quant (see the table above)", file=sys.stderr)
+        return EXIT_MISMATCH
+    return 0
+
+
 def _cmd_train_demo(args: argparse.Namespace) -> int:
     import hashlib
 
@@ -68,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="parent folder of the run folder (overrides the config's out)")
     run.add_argument("--seed", type=int, metavar="N", help="random seed (overrides the config's seed)")
     run.set_defaults(func=_cmd_run)
+
+    ver = sub.add_parser("verify", help="check the integer-only simulator against the integer-faithful fake-quant",
+                         description="For every (method, bits) of the config: calibrate, export the "
+                                     "IntegerProgram, run the Numba simulator and the integer-faithful "
+                                     "PyTorch mode on verify.images eval images, print a per-tensor table "
+                                     "of mismatched codes and write <out>/<name>/verify.json. Exit status 1 "
+                                     "on any mismatch. Today the exporter covers the uniform methods "
+                                     "(minmax, percentile) on ViT/DeiT; other methods are listed as not "
+                                     "exported.")
+    ver.add_argument("--config", required=True, type=Path, metavar="CFG", help="experiment YAML")
+    ver.add_argument("--out", metavar="DIR", help="parent folder of the run folder (overrides the config's out)")
+    ver.add_argument("--seed", type=int, metavar="N", help="random seed (overrides the config's seed)")
+    ver.set_defaults(func=_cmd_verify)
 
     train = sub.add_parser("train-demo", help="retrain the embedded demo ViT deterministically",
                            description="Train the demo ViT on the bundled digits' train split with the fixed "

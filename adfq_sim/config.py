@@ -114,6 +114,11 @@ class QuantConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    images: int = 16
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "adfq-run"
     seed: int = 0
@@ -122,6 +127,7 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
     hardware: Union[str, dict] = "edge_npu"
     out: str = "runs"
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -268,6 +274,8 @@ def _validate(cfg: Config) -> None:
 
     _validate_ptq4vit(q.ptq4vit)
     _validate_adfq(q.adfq, d)
+    if cfg.verify.images < 1:
+        raise UserInputError(f"verify.images: must be >= 1, got {cfg.verify.images}")
 
     from hw_models.presets import check_hardware
 

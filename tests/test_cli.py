@@ -32,7 +32,8 @@ def test_help_lists_every_option() -> None:
     top = parser.format_help()
     assert "run" in top and "train-demo" in top
     subparsers = parser._subparsers._group_actions[0].choices  # the registered sub-commands
-    for command, options in (("run", ["--config", "--out", "--seed"]), ("train-demo", ["--out", "--epochs", "--seed"])):
+    for command, options in (("run", ["--config", "--out", "--seed"]), ("verify", ["--config", "--out", "--seed"]),
+                             ("train-demo", ["--out", "--epochs", "--seed"])):
         text = subparsers[command].format_help()
         for option in options:
             assert option in text
@@ -67,7 +68,7 @@ def test_class_count_mismatch_leaves_no_run_folder(tmp_path: Path, tiny_checkpoi
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("argv", [["run", "--help"], ["--help"], ["train-demo", "--help"]])
+@pytest.mark.parametrize("argv", [["run", "--help"], ["--help"], ["train-demo", "--help"], ["verify", "--help"]])
 def test_help_exits_zero(tmp_path: Path, argv: list[str]) -> None:
     proc = _cli(*argv, cwd=tmp_path)
     assert proc.returncode == 0 and "usage" in proc.stdout
@@ -102,3 +103,19 @@ def test_train_demo_command_writes_a_loadable_checkpoint(tmp_path: Path) -> None
 
     loaded = load_model(ModelConfig(checkpoint=str(tmp_path / "demo.safetensors")))
     assert loaded.source == "demo"
+
+
+def test_verify_command_reports_zero_mismatches(tmp_path: Path) -> None:
+    import json
+
+    write_config(tmp_path / "v.yaml", {"data": {"calib_images": 16}, "verify": {"images": 4},
+                                       "quant": {"methods": ["minmax", "adfq"], "bits": ["w8a8"],
+                                                 "adfq": {"asmo": False}}})
+    proc = _cli("verify", "--config", "v.yaml", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "v" / "verify.json").read_text())
+    minmax, adfq = report["results"]
+    assert report["total_mismatches"] == 0 and minmax["exported"] and minmax["images"] == 4
+    assert {layer["tensor"] for layer in minmax["layers"]} >= {"embed_in", "q", "probs", "fc2_in", "head_in"}
+    assert all(layer["mismatches"] == 0 and layer["elements"] > 0 for layer in minmax["layers"])
+    assert not adfq["exported"] and "ppoq" in adfq["reason"]

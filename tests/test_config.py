@@ -53,6 +53,7 @@ def test_ablation_configs_load(path: Path) -> None:
         ({"data": {"kind": "imagefolder"}}, ["data.root", "required"]),
         ({"data": {"batch_size": 0}}, ["data.batch_size", ">= 1"]),
         ({"data": {"crop_pct": 0.9}}, ["data.crop_pct", "only used with data.kind imagefolder"]),
+        ({"verify": {"images": 0}}, ["verify.images", ">= 1"]),
         ({"quant": {"adfq": {"outliers": "int8"}}}, ["quant.adfq.outliers", "int16"]),
         ({"quant": {"adfq": {"profile": "papr"}}}, ["quant.adfq.profile", "did you mean 'paper'"]),
         ({"quant": {"adfq": {"alpha_qkv": 0}}}, ["quant.adfq.alpha_qkv", "> 0"]),
