@@ -23,13 +23,18 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
+    """The validated config, with --out / --seed overriding the file."""
     from adfq_sim.config import load_config
-    from adfq_sim.pipeline import run_experiment
 
     overrides = {key: value for key, value in (("out", args.out), ("seed", args.seed)) if value is not None}
-    cfg = load_config(args.config, overrides)
-    folder = run_experiment(cfg)
+    return load_config(args.config, overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from adfq_sim.pipeline import run_experiment
+
+    folder = run_experiment(_config(args))
     print(folder / "results.json")
     return 0
 
@@ -38,11 +43,9 @@ EXIT_MISMATCH = 1
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from adfq_sim.config import load_config
     from adfq_sim.verification import run_verification
 
-    overrides = {key: value for key, value in (("out", args.out), ("seed", args.seed)) if value is not None}
-    path, mismatches = run_verification(load_config(args.config, overrides))
+    path, mismatches = run_verification(_config(args))
     print(path)
     if mismatches:
         print(f"adfq-sim: {mismatches} mismatched codes between the simulator and the integer-faithful "
@@ -68,6 +71,14 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, metavar="CFG",
+                        help="experiment YAML (see the README's config reference); a file with only a "
+                             "hardware section runs the embedded demo")
+    parser.add_argument("--out", metavar="DIR", help="parent folder of the run folder (overrides the config's out)")
+    parser.add_argument("--seed", type=int, metavar="N", help="random seed (overrides the config's seed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
         prog="adfq-sim",
@@ -79,11 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Load the model and data the config names, evaluate FP32, calibrate and "
                                      "evaluate every (method, bits) pair, and write <out>/<name>/ with "
                                      "results.json, results.csv and run.log.")
-    run.add_argument("--config", required=True, type=Path, metavar="CFG",
-                     help="experiment YAML (see the README's config reference); a file with only a "
-                          "hardware section runs the embedded demo")
-    run.add_argument("--out", metavar="DIR", help="parent folder of the run folder (overrides the config's out)")
-    run.add_argument("--seed", type=int, metavar="N", help="random seed (overrides the config's seed)")
+    _experiment_arguments(run)
     run.set_defaults(func=_cmd_run)
 
     ver = sub.add_parser("verify", help="check the integer-only simulator against the integer-faithful fake-quant",
@@ -94,9 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "on any mismatch. Today the exporter covers the uniform methods "
                                      "(minmax, percentile) on ViT/DeiT; other methods are listed as not "
                                      "exported.")
-    ver.add_argument("--config", required=True, type=Path, metavar="CFG", help="experiment YAML")
-    ver.add_argument("--out", metavar="DIR", help="parent folder of the run folder (overrides the config's out)")
-    ver.add_argument("--seed", type=int, metavar="N", help="random seed (overrides the config's seed)")
+    _experiment_arguments(ver)
     ver.set_defaults(func=_cmd_verify)
 
     train = sub.add_parser("train-demo", help="retrain the embedded demo ViT deterministically",
