@@ -20,6 +20,7 @@ from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.recipes import build_recipe
 from adfq_sim.rundir import atomic_run_dir
+from adfq_sim.verification import integer_evaluation
 from reports.tables import results_csv
 
 log = logging.getLogger("adfq_sim")
@@ -44,6 +45,10 @@ def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config,
     q_logits, _ = collect_logits(qmodel, data.batches("eval", cfg.data.batch_size),
                                  _batches_total(data.description["eval_images"], cfg.data.batch_size),
                                  f"eval {method} {bits}")
+    eval_s = time.perf_counter() - start
+    start = time.perf_counter()
+    integer = integer_evaluation(qmodel, calib_batches, (x for x, _ in data.batches("eval", cfg.data.batch_size)),
+                                 q_logits, labels, cfg.verify.images, f"{method} {bits}")
     return {
         "method": method,
         "bits": bits,
@@ -54,7 +59,8 @@ def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config,
         "sqnr_db": sqnr_db(q_logits, fp_logits),
         "outlier_ratio": qmodel.outlier_ratios(),
         "optimization": qmodel.optimization_report,
-        "timings": {"calibrate_s": calibrate_s, "eval_s": time.perf_counter() - start},
+        "integer_evaluation": integer,
+        "timings": {"calibrate_s": calibrate_s, "eval_s": eval_s, "integer_s": time.perf_counter() - start},
     }
 
 

@@ -1,9 +1,10 @@
-"""`adfq-sim verify`: export each (method, bits) to an IntegerProgram and compare, tensor by tensor,
-the Numba simulator's codes with the integer-faithful PyTorch mode's (the bar: zero mismatches).
+"""Integer-only checks of a calibrated model: the simulator's accuracy and its per-tensor agreement
+with the integer-faithful PyTorch mode (the bar: zero mismatched codes).
 
-Writes `<out>/<name>/verify.json` atomically (beside a run's results, without touching them). A
-(method, bits) whose quantizers the exporter cannot express yet is reported as not exported, with
-the reason; it is not counted as a mismatch.
+`adfq-sim verify` writes `<out>/<name>/verify.json` atomically (beside a run's results, without
+touching them); `adfq-sim run` adds `integer_evaluation` to each results entry. A (method, bits) whose
+quantizers the exporter cannot express yet is reported as not exported, with the reason; it is not
+counted as a mismatch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -19,30 +21,66 @@ from adfq_sim.config import Config, parse_bits
 from adfq_sim.data.sources import build_data_source
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.faithful import run_faithful
-from adfq_sim.intsim.program import UnsupportedProgramError, export
-from adfq_sim.intsim.verify import format_table, total_mismatches, verify
+from adfq_sim.evaluate import agreement, top1
+from adfq_sim.intsim.program import IntegerProgram, UnsupportedProgramError, export
+from adfq_sim.intsim.verify import LayerReport, format_table, total_mismatches, verify
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.recipes import build_recipe
 
 log = logging.getLogger("adfq_sim")
+
+
+def _export(qmodel: QuantModel, calib: list[torch.Tensor], label: str) -> tuple[IntegerProgram | None, dict]:
+    try:
+        return export(qmodel, calib), {"exported": True}
+    except UnsupportedProgramError as exc:
+        log.info("%s: not exported to an integer program (%s)", label, exc)
+        return None, {"exported": False, "reason": str(exc)}
+
+
+def compare_codes(program: IntegerProgram, images: torch.Tensor) -> list[LayerReport]:
+    """Per-tensor comparison of the Numba simulator with the integer-faithful PyTorch mode."""
+    _, simulated = run_simulator(program, images)
+    _, faithful = run_faithful(program, images)
+    return verify(simulated, faithful)
+
+
+def integer_evaluation(qmodel: QuantModel, calib: list[torch.Tensor], eval_batches: Iterable[torch.Tensor],
+                       q_logits: torch.Tensor, labels: torch.Tensor | None, verify_images: int,
+                       label: str) -> dict:
+    """Integer-simulator top-1 and agreement with the (paper-style) fake-quant, plus the verification
+    summary on the first `verify_images` eval images."""
+    program, entry = _export(qmodel, calib, label)
+    if program is None:
+        return entry
+    logits, verified = [], []
+    for images in eval_batches:
+        logits.append(torch.as_tensor(run_simulator(program, images)[0], dtype=torch.float64))
+        if sum(len(v) for v in verified) < verify_images:
+            verified.append(images[:verify_images - sum(len(v) for v in verified)])
+    logits = torch.cat(logits)
+    reports = compare_codes(program, torch.cat(verified))
+    log.info("%s: integer simulator top1 %s; %d mismatched codes against the integer-faithful mode "
+             "over %d tensors", label, top1(logits, labels), total_mismatches(reports), len(reports))
+    return {**entry, "top1": top1(logits, labels), "agreement_with_fake_quant": agreement(logits, q_logits),
+            "verify": {"images": sum(len(v) for v in verified), "tensors": len(reports),
+                       "mismatches": total_mismatches(reports)}}
 
 
 def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, calib: list[torch.Tensor],
                 images: torch.Tensor) -> dict:
     w_bits, a_bits = parse_bits(bits)
     qmodel = quantize_model(model, build_recipe(method, cfg.quant), w_bits, a_bits, calib)
-    entry = {"method": method, "bits": bits}
-    try:
-        program = export(qmodel, calib)
-    except UnsupportedProgramError as exc:
-        log.info("%s %s: not exported (%s)", method, bits, exc)
-        return {**entry, "exported": False, "reason": str(exc)}
-    _, simulated = run_simulator(program, images)
-    _, faithful = run_faithful(program, images)
-    reports = verify(simulated, faithful)
-    log.info("%s %s: simulator vs integer-faithful fake-quant\n%s", method, bits, format_table(reports))
-    return {**entry, "exported": True, "images": len(images), "mismatches": total_mismatches(reports),
+    label = f"{method} {bits}"
+    program, entry = _export(qmodel, calib, label)
+    entry = {"method": method, "bits": bits, **entry}
+    if program is None:
+        return entry
+    reports = compare_codes(program, images)
+    log.info("%s: simulator vs integer-faithful fake-quant\n%s", label, format_table(reports))
+    return {**entry, "images": len(images), "mismatches": total_mismatches(reports),
             "layers": [r.as_dict() for r in reports]}
 
 

@@ -18,7 +18,7 @@ from adfq_sim.quant.recipes import METHODS, build_recipe
 from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
 
 ENTRY_KEYS = {"method", "bits", "w_bits", "a_bits", "top1", "agreement", "sqnr_db", "outlier_ratio",
-              "optimization", "timings"}
+              "optimization", "integer_evaluation", "timings"}
 
 
 def _strip_timings(value):
@@ -51,6 +51,9 @@ def test_imagefolder_pipeline_with_a_checkpoint(tmp_path: Path, tiny_checkpoint,
     for entry in results["results"]:
         assert set(entry) == ENTRY_KEYS
         assert 0.0 <= entry["agreement"] <= 100.0
+        integer = entry["integer_evaluation"]  # uniform methods run on the integer simulator too
+        assert integer["exported"] and integer["verify"]["mismatches"] == 0 and integer["verify"]["tensors"] > 0
+        assert 0.0 <= integer["top1"] <= 100.0
     by = {(e["method"], e["bits"]): e for e in results["results"]}
     assert by[("minmax", "w8a8")]["sqnr_db"] > by[("minmax", "w4a4")]["sqnr_db"]
     rows = list(csv.DictReader((folder / "results.csv").open()))
@@ -82,6 +85,7 @@ def test_same_config_and_seed_give_identical_results(tmp_path: Path) -> None:
     a["config"].pop("out"), b["config"].pop("out")
     assert a == b
     adfq = next(e for e in a["results"] if e["method"] == "adfq")
+    assert not adfq["integer_evaluation"]["exported"] and "ppoq" in adfq["integer_evaluation"]["reason"]
     assert len(adfq["optimization"]) == 10  # ASMO ran on every module and reported it
     assert set(adfq["outlier_ratio"]) == {f"blocks.{i}.{m}.act_q" for i in range(4)
                                           for m in ("attn.qkv", "mlp.fc1")}
