@@ -45,3 +45,8 @@ def sqnr_db(logits: torch.Tensor, reference: torch.Tensor) -> Optional[float]:
     if noise == 0.0:
         return None
     return 10.0 * math.log10(float((reference ** 2).sum()) / noise)
+
+
+def fmt(value: Optional[float]) -> str:
+    """A metric for log lines: two decimals, or n/a (no labels, identical logits)."""
+    return "n/a" if value is None else f"{value:.2f}"

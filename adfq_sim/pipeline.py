@@ -15,7 +15,7 @@ import torch
 from adfq_sim.config import Config, parse_bits
 from adfq_sim.data.sources import DataSource, build_data_source
 from adfq_sim.environment import environment
-from adfq_sim.evaluate import agreement, collect_logits, sqnr_db, top1
+from adfq_sim.evaluate import agreement, collect_logits, fmt, sqnr_db, top1
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.recipes import build_recipe
@@ -64,10 +64,6 @@ def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config,
     }
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def _attach_log(folder: Path) -> logging.Handler:
     """run.log gets the run's INFO messages whatever the caller's logging setup."""
     handler = logging.FileHandler(folder / "run.log")
@@ -114,13 +110,13 @@ def _run(cfg: Config) -> dict:
     fp32 = {"top1": top1(fp_logits, labels), "timings": {"eval_s": time.perf_counter() - start}}
     # Calibration images are read once and shared by every (method, bits).
     calib_batches = [images for images, _ in data.batches("calib", bs)]
-    log.info("fp32: top1 %s", _fmt(fp32["top1"]))
+    log.info("fp32: top1 %s", fmt(fp32["top1"]))
     entries = []
     for bits in cfg.quant.bits:
         for method in cfg.quant.methods:
             entry = quantize_and_evaluate(loaded.model, data, cfg, method, bits, calib_batches, fp_logits, labels)
-            log.info("%s %s: top1 %s, agreement %.2f %%, SQNR %s dB", method, bits, _fmt(entry["top1"]),
-                     entry["agreement"], _fmt(entry["sqnr_db"]))
+            log.info("%s %s: top1 %s, agreement %.2f %%, SQNR %s dB", method, bits, fmt(entry["top1"]),
+                     entry["agreement"], fmt(entry["sqnr_db"]))
             entries.append(entry)
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,

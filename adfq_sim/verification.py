@@ -21,7 +21,7 @@ from adfq_sim.config import Config, parse_bits
 from adfq_sim.data.sources import build_data_source
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.faithful import run_faithful
-from adfq_sim.evaluate import agreement, top1
+from adfq_sim.evaluate import agreement, fmt, top1
 from adfq_sim.intsim.program import IntegerProgram, UnsupportedProgramError, export
 from adfq_sim.intsim.verify import LayerReport, format_table, total_mismatches, verify
 from adfq_sim.models.loading import load_model
@@ -63,7 +63,7 @@ def integer_evaluation(qmodel: QuantModel, calib: list[torch.Tensor], eval_batch
     logits = torch.cat(logits)
     reports = compare_codes(program, torch.cat(verified))
     log.info("%s: integer simulator top1 %s; %d mismatched codes against the integer-faithful mode "
-             "over %d tensors", label, top1(logits, labels), total_mismatches(reports), len(reports))
+             "over %d tensors", label, fmt(top1(logits, labels)), total_mismatches(reports), len(reports))
     return {**entry, "top1": top1(logits, labels), "agreement_with_fake_quant": agreement(logits, q_logits),
             "verify": {"images": sum(len(v) for v in verified), "tensors": len(reports),
                        "mismatches": total_mismatches(reports)}}
