@@ -58,15 +58,14 @@ def integer_evaluation(qmodel: QuantModel, calib: list[torch.Tensor], eval_batch
     logits, verified = [], []
     for images in eval_batches:
         logits.append(torch.as_tensor(run_simulator(program, images)[0], dtype=torch.float64))
-        if sum(len(v) for v in verified) < verify_images:
-            verified.append(images[:verify_images - sum(len(v) for v in verified)])
-    logits = torch.cat(logits)
-    reports = compare_codes(program, torch.cat(verified))
+        verified.append(images[:verify_images - sum(map(len, verified))])
+    logits, verified = torch.cat(logits), torch.cat(verified)
+    reports = compare_codes(program, verified)
+    mismatches = total_mismatches(reports)
     log.info("%s: integer simulator top1 %s; %d mismatched codes against the integer-faithful mode "
-             "over %d tensors", label, fmt(top1(logits, labels)), total_mismatches(reports), len(reports))
+             "over %d tensors", label, fmt(top1(logits, labels)), mismatches, len(reports))
     return {**entry, "top1": top1(logits, labels), "agreement_with_fake_quant": agreement(logits, q_logits),
-            "verify": {"images": sum(len(v) for v in verified), "tensors": len(reports),
-                       "mismatches": total_mismatches(reports)}}
+            "verify": {"images": len(verified), "tensors": len(reports), "mismatches": mismatches}}
 
 
 def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, calib: list[torch.Tensor],
