@@ -2,7 +2,7 @@
 with the integer-faithful PyTorch mode (the bar: zero mismatched codes).
 
 `adfq-sim verify` writes `<out>/<name>/verify.json` atomically (beside a run's results, without
-touching them); `adfq-sim run` adds `integer_evaluation` to each results entry. A (method, bits) whose
+touching them) and each exported program with its op listing as `programs/<method>_<bits>.npz / .txt`; `adfq-sim run` adds `integer_evaluation` to each results entry. A (method, bits) whose
 quantizers the exporter cannot express yet is reported as not exported, with the reason; it is not
 counted as a mismatch.
 """
@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from adfq_sim.config import Config, parse_bits
@@ -22,7 +23,8 @@ from adfq_sim.data.sources import build_data_source
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.faithful import run_faithful
 from adfq_sim.evaluate import agreement, fmt, top1
-from adfq_sim.intsim.program import IntegerProgram, UnsupportedProgramError, export
+from adfq_sim.intsim.export import export
+from adfq_sim.intsim.program import IntegerProgram, UnsupportedProgramError, describe, save_program
 from adfq_sim.intsim.verify import LayerReport, format_table, total_mismatches, verify
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
@@ -40,11 +42,15 @@ def _export(qmodel: QuantModel, calib: list[torch.Tensor], label: str) -> tuple[
         return None, {"exported": False, "reason": str(exc)}
 
 
-def compare_codes(program: IntegerProgram, images: torch.Tensor) -> list[LayerReport]:
-    """Per-tensor comparison of the Numba simulator with the integer-faithful PyTorch mode."""
+def compare_codes(program: IntegerProgram, images: torch.Tensor) -> tuple[list[LayerReport], dict]:
+    """Per-tensor comparison of the Numba simulator with the integer-faithful PyTorch mode, and the
+    traffic of the sparse outlier path: PPOQ outliers among the post-LayerNorm elements verified."""
     _, simulated = run_simulator(program, images)
     _, faithful = run_faithful(program, images)
-    return verify(simulated, faithful)
+    outlier_tensors = [name for name in simulated if name.endswith("_outliers")]
+    outliers = {"count": sum(int(np.count_nonzero(simulated[n])) for n in outlier_tensors),
+                "elements": sum(int(simulated[n].size) for n in outlier_tensors)}
+    return verify(simulated, faithful, program.tensor_formats()), outliers
 
 
 def integer_evaluation(qmodel: QuantModel, calib: list[torch.Tensor], eval_batches: Iterable[torch.Tensor],
@@ -60,16 +66,26 @@ def integer_evaluation(qmodel: QuantModel, calib: list[torch.Tensor], eval_batch
         logits.append(torch.as_tensor(run_simulator(program, images)[0], dtype=torch.float64))
         verified.append(images[:verify_images - sum(map(len, verified))])
     logits, verified = torch.cat(logits), torch.cat(verified)
-    reports = compare_codes(program, verified)
+    reports, outliers = compare_codes(program, verified)
     mismatches = total_mismatches(reports)
     log.info("%s: integer simulator top1 %s; %d mismatched codes against the integer-faithful mode "
              "over %d tensors", label, fmt(top1(logits, labels)), mismatches, len(reports))
     return {**entry, "top1": top1(logits, labels), "agreement_with_fake_quant": agreement(logits, q_logits),
-            "verify": {"images": len(verified), "tensors": len(reports), "mismatches": mismatches}}
+            "verify": {"images": len(verified), "tensors": len(reports), "mismatches": mismatches,
+                       "outliers": outliers}}
+
+
+def _save(program: IntegerProgram, stem: Path) -> None:
+    """The program file and its op listing, each written atomically."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    save_program(program, stem.with_suffix(".npz"))
+    tmp = stem.with_name(f".{stem.name}.txt.partial-{os.getpid()}")
+    tmp.write_text(describe(program) + "\n")
+    tmp.replace(stem.with_suffix(".txt"))
 
 
 def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, calib: list[torch.Tensor],
-                images: torch.Tensor) -> dict:
+                images: torch.Tensor, programs: Path) -> dict:
     w_bits, a_bits = parse_bits(bits)
     qmodel = quantize_model(model, build_recipe(method, cfg.quant), w_bits, a_bits, calib)
     label = f"{method} {bits}"
@@ -77,9 +93,11 @@ def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, cal
     entry = {"method": method, "bits": bits, **entry}
     if program is None:
         return entry
-    reports = compare_codes(program, images)
-    log.info("%s: simulator vs integer-faithful fake-quant\n%s", label, format_table(reports))
-    return {**entry, "images": len(images), "mismatches": total_mismatches(reports),
+    _save(program, programs / f"{method}_{bits}")
+    reports, outliers = compare_codes(program, images)
+    log.info("%s: simulator vs integer-faithful fake-quant (%d outliers on the sparse path)\n%s", label,
+             outliers["count"], format_table(reports))
+    return {**entry, "images": len(images), "mismatches": total_mismatches(reports), "outliers": outliers,
             "layers": [r.as_dict() for r in reports]}
 
 
@@ -90,10 +108,10 @@ def run_verification(cfg: Config) -> tuple[Path, int]:
     data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)
     calib = [images for images, _ in data.batches("calib", cfg.data.batch_size)]
     images = torch.cat([images for images, _ in data.batches("eval", cfg.data.batch_size)])[:cfg.verify.images]
-    entries = [_verify_one(loaded.model, cfg, method, bits, calib, images)
+    folder = Path(cfg.out) / cfg.name
+    entries = [_verify_one(loaded.model, cfg, method, bits, calib, images, folder / "programs")
                for bits in cfg.quant.bits for method in cfg.quant.methods]
     mismatches = sum(e.get("mismatches", 0) for e in entries)
-    folder = Path(cfg.out) / cfg.name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "verify.json"
     tmp = folder / f".verify.json.partial-{os.getpid()}"

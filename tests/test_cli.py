@@ -110,7 +110,7 @@ def test_verify_command_reports_zero_mismatches(tmp_path: Path) -> None:
 
     write_config(tmp_path / "v.yaml", {"data": {"calib_images": 16}, "verify": {"images": 4},
                                        "quant": {"methods": ["minmax", "adfq"], "bits": ["w8a8"],
-                                                 "adfq": {"asmo": False}}})
+                                                 "adfq": {"asmo": False, "alpha_qkv": 1.0, "alpha_fc1": 1.0}}})
     proc = _cli("verify", "--config", "v.yaml", "--out", "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "out" / "v" / "verify.json").read_text())
@@ -118,4 +118,11 @@ def test_verify_command_reports_zero_mismatches(tmp_path: Path) -> None:
     assert report["total_mismatches"] == 0 and minmax["exported"] and minmax["images"] == 4
     assert {layer["tensor"] for layer in minmax["layers"]} >= {"embed_in", "q", "probs", "fc2_in", "head_in"}
     assert all(layer["mismatches"] == 0 and layer["elements"] > 0 for layer in minmax["layers"])
-    assert not adfq["exported"] and "ppoq" in adfq["reason"]
+    assert adfq["exported"] and adfq["mismatches"] == 0
+    formats = {layer["tensor"]: layer["format"] for layer in adfq["layers"]}
+    assert (formats["qkv_in"], formats["qkv_in_outliers"], formats["probs"], formats["fc2_in"]) == \
+        ("ppoq", "int16 outliers", "logsqrt2", "logsqrt2")
+    assert "format" in proc.stderr and "int16 outliers" in proc.stderr  # the per-layer table is printed
+    for entry in (minmax, adfq):  # each program is saved with its op listing
+        stem = tmp_path / "out" / "v" / "programs" / f"{entry['method']}_w8a8"
+        assert stem.with_suffix(".npz").is_file() and "IntegerProgram" in stem.with_suffix(".txt").read_text()

@@ -15,7 +15,7 @@ from adfq_sim.config import ModelConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.execute_reference import run_reference
-from adfq_sim.intsim.program import export
+from adfq_sim.intsim.export import export
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.recipes import build_recipe

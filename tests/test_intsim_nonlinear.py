@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from adfq_sim.intsim import nonlinear as nk
 from adfq_sim.intsim import nonlinear_reference as nr
 from adfq_sim.quant.quantizers import GELU_MINIMUM, LOG_BASES, LogQuantizer
+from adfq_sim.quant.twin_uniform import TwinUniformQuantizer
 
 INT63 = (1 << 63) - 1
 
@@ -74,7 +75,9 @@ def layernorm_case(rng: np.random.Generator, rows: int, channels: int, tokens: i
     hi = np.array([np.quantile(y[token == t], 0.999) for t in range(tokens)]).clip(min=0)
     out_scale = (hi - lo) / ((1 << bits) - 1)
     zp = np.floor(-lo / out_scale + 0.5).astype(np.int64)
-    consts = nr.layernorm_constants(channels, scale, gamma, beta, eps, input_bits, out_scale, zp, bits, alpha)
+    outlier_step = None if alpha is None else out_scale / 8  # PPOQ's step / 2**outlier_shift, shift 3
+    consts = nr.layernorm_constants(channels, scale, gamma, beta, eps, input_bits, out_scale, zp, bits, alpha,
+                                    outlier_step)
     expected = uniform_float_codes(y, out_scale[token][:, None], zp[token][:, None], bits)
     return x, y, consts, expected
 
@@ -91,7 +94,11 @@ def test_layernorm_numba_equals_reference(seed, rows, channels, tokens, bits, in
         x = rng.choice(np.array([-top, top, 0, top - 1], np.int64), size=x.shape).astype(np.int32)
         x[:: 3] = x[:: 3, :1]
     np.testing.assert_array_equal(nk.layernorm_acc(x, consts), nr.layernorm_acc(x, consts))
-    np.testing.assert_array_equal(nk.layernorm(x, consts), nr.layernorm(x, consts))
+    (codes, outliers), (ref_codes, ref_outliers) = nk.layernorm(x, consts), nr.layernorm(x, consts)
+    np.testing.assert_array_equal(codes, ref_codes)
+    assert (outliers is None) == (ref_outliers is None) == (alpha is None)
+    if alpha is not None:
+        np.testing.assert_array_equal(outliers, ref_outliers)
 
 
 def test_layernorm_widest_inputs_do_not_overflow() -> None:
@@ -121,7 +128,7 @@ def test_layernorm_accuracy(bits: int, tokens: int, max_off: float) -> None:
     rng = np.random.default_rng(1)
     x, _, consts, expected = layernorm_case(rng, 2 * 197, 768, tokens, bits, 16)
     np.testing.assert_array_equal(nk.layernorm_acc(x, consts), nr.layernorm_acc(x, consts))  # large-case check
-    diff = np.abs(nk.layernorm(x, consts) - expected)
+    diff = np.abs(nk.layernorm(x, consts)[0] - expected)
     assert diff.max() <= 1
     assert (diff > 0).mean() <= max_off
 
@@ -130,36 +137,55 @@ def test_layernorm_outliers_take_the_zero_point() -> None:
     """alpha's integer form splits the float LN outputs at alpha (up to the integer error at the edge)."""
     rng = np.random.default_rng(2)
     x, y, consts, expected = layernorm_case(rng, 60, 96, 3, 8, 16, alpha=2.5)
-    codes, acc = nk.layernorm(x, consts), nk.layernorm_acc(x, consts)
+    (codes, outliers), acc = nk.layernorm(x, consts), nk.layernorm_acc(x, consts)
     outlier = np.abs(acc) > consts.outlier_threshold
     clear = np.abs(np.abs(y) - 2.5) > 1e-2
     assert outlier.any() and (~outlier).any()
     np.testing.assert_array_equal(outlier[clear], (np.abs(y) > 2.5)[clear])
     np.testing.assert_array_equal(codes[outlier], consts.out.zero_point[np.nonzero(outlier)[0] % 3])
     assert np.abs(codes[~outlier] - expected[~outlier]).max() <= 1
+    # int16 outlier codes where the value is an outlier (0 elsewhere), on the step the constants encode
+    token = np.nonzero(outlier)[0] % 3
+    acc_frac = consts.frac_bits + consts.gamma_bits
+    step = 2.0**-acc_frac / (consts.outlier_m[token] / 2.0 ** consts.outlier_s[token])
+    assert not outliers[~outlier].any()
+    error = np.abs(outliers[outlier] - y[outlier] / step)
+    print(f"outlier code error vs float LN: max {error.max():.3f}, mean {error.mean():.3f}")
+    assert error.max() <= 1.5 and error.mean() <= 0.6
 
 
 # -------------------------------------------------------------------------------------------- softmax
 
 
-def test_exp_polynomial_is_monotone_and_accurate() -> None:
+def test_exp_tables_are_monotone_and_accurate() -> None:
     f = np.arange(1 << nr.EXP_FRAC_BITS, dtype=np.int64)
-    e = nr.exp2_poly(f)
-    assert e[0] == 1 << 30 and (np.diff(e) <= 0).all()
-    assert nr.exp2_poly(np.array([1 << nr.EXP_FRAC_BITS]))[0] == 1 << 29  # continuous across octaves
-    assert np.abs(e / 2.0 ** (30 - f / 2.0**nr.EXP_FRAC_BITS) - 1).max() < 2.7e-3
+    e = nr.exp2_fraction(f)
+    assert e[0] == 1 << 30 and (np.diff(e) < 0).all()  # strictly decreasing: no plateau, no step back
+    assert e[-1] > 1 << 29  # and continuous across octaves: 2**-z * exp2_fraction(0) takes over below
+    assert np.abs(e / 2.0 ** (30 - f / 2.0**nr.EXP_FRAC_BITS) - 1).max() < 3e-9
 
 
-def softmax_output(kind: str, bits: int, scale: float) -> nr.UniformOutput | nr.LogOutput:
+def twin_softmax_quantizer(bits: int, scale: float, shift: int) -> TwinUniformQuantizer:
+    q = TwinUniformQuantizer(bits, "softmax")
+    q.set_params(torch.tensor(scale / ((1 << (bits - 1)) - 1)), torch.tensor(float(shift)))
+    q.calibrated = True
+    return q
+
+
+def softmax_output(kind: str, bits: int, scale: float) -> nr.UniformOutput | nr.LogOutput | nr.StepOutput:
     if kind == "uniform":
         return nr.uniform_output(scale / ((1 << bits) - 1), 0, bits, nr.EXP_ONE_BITS)
+    if kind == "twin":
+        q = twin_softmax_quantizer(bits, scale, 4)
+        return nr.step_output(lambda v: q.quantize(torch.from_numpy(v)).numpy(), nr.EXP_ONE_BITS, 1 << 30)
     return nr.log_output(scale, LOG_BASES[kind], bits, nr.EXP_ONE_BITS)
 
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 30), cols=st.integers(1, 90),
        log_scale=st.floats(-9, -0.5), spread=st.sampled_from([1.0, 1e3, 1e6, 2.0**30]),
-       kind=st.sampled_from(["uniform", "sqrt2", "2"]), bits=st.integers(2, 8), out_scale=st.floats(0.3, 1.0))
+       kind=st.sampled_from(["uniform", "sqrt2", "2", "twin"]), bits=st.integers(2, 8),
+       out_scale=st.floats(0.3, 1.0))
 def test_softmax_numba_equals_reference(seed, rows, cols, log_scale, spread, kind, bits, out_scale) -> None:
     rng = np.random.default_rng(seed)
     x = np.clip(rng.normal(0, spread, (rows, cols)), -nr.SOFTMAX_INPUT_MAX, nr.SOFTMAX_INPUT_MAX).astype(np.int32)
@@ -177,6 +203,19 @@ def test_softmax_extreme_scores_match_float() -> None:
         p = nr.softmax_probabilities(x, consts) / 2.0**30
         np.testing.assert_allclose(p, torch.softmax(torch.from_numpy(x * s_in), -1).numpy(), atol=1e-3)
         np.testing.assert_array_equal(nk.softmax(x, consts), nr.softmax(x, consts))
+
+
+@pytest.mark.parametrize("bits, shift", [(8, 0), (8, 6), (4, 3), (2, 1)])
+def test_step_output_is_the_twin_quantizer(bits: int, shift: int) -> None:
+    """The exported step table gives the twin-uniform quantizer's code at every Q30 probability tried,
+    including both sides of every breakpoint."""
+    q = twin_softmax_quantizer(bits, 0.9, shift)
+    out = nr.step_output(lambda v: q.quantize(torch.from_numpy(v)).numpy(), nr.EXP_ONE_BITS, 1 << 30)
+    rng = np.random.default_rng(bits)
+    p = np.concatenate([rng.integers(0, (1 << 30) + 1, 20000), out.thresholds, out.thresholds - 1]).astype(np.int64)
+    expected = q.quantize(torch.from_numpy(p / 2.0**30)).numpy()
+    np.testing.assert_array_equal(nr.step_codes(p, out.thresholds, out.codes), expected)
+    assert len(np.unique(out.codes)) == len(out.codes)  # one entry per code reached: no redundant breakpoint
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,4 +1,4 @@
-"""Integer-only inference of the demo ViT (uniform methods): export, int64 reference run, accuracy.
+"""Integer-only inference of the demo ViT: export, int64 reference run, accuracy, file format, listing.
 
 Measured on all 450 demo test images, minmax W8A8: arg-max agreement with the fake-quant QuantModel
 449 / 450 (99.8 %), integer top-1 97.78 % vs fake-quant 98.00 % (one image). The asserts allow
@@ -6,6 +6,8 @@ agreement >= 99 % and top-1 within 0.5 points (two images of 450).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ from adfq_sim.data.demo import load_demo_split
 from adfq_sim.intsim.bounds import INT32_MAX
 from adfq_sim.intsim.execute_reference import run_reference
 from adfq_sim.intsim.nonlinear_reference import SOFTMAX_INPUT_MAX
-from adfq_sim.intsim.program import UnsupportedProgramError, export
+from adfq_sim.intsim.export import export
+from adfq_sim.intsim.program import UnsupportedProgramError, describe, load_program, save_program
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.recipes import build_recipe, spec, uniform_everywhere
@@ -39,7 +42,7 @@ def test_minmax_w8a8_integer_inference_matches_fake_quant(demo):
 
     gemms = [program.embed, program.head] + [g for b in program.blocks for g in (b.qkv, b.proj, b.fc1, b.fc2)]
     assert all(0 < g.acc_max <= INT32_MAX for g in gemms)
-    assert all(b.scores_max <= SOFTMAX_INPUT_MAX and b.pv_max <= INT32_MAX for b in program.blocks)
+    assert all(b.qk.acc_max <= SOFTMAX_INPUT_MAX and b.pv.acc_max <= INT32_MAX for b in program.blocks)
 
     logits, codes = run_reference(program, images)
     with torch.no_grad():
@@ -51,9 +54,35 @@ def test_minmax_w8a8_integer_inference_matches_fake_quant(demo):
     assert abs(int((ours == labels).sum()) - int((fake == labels).sum())) <= 0.005 * IMAGES
 
 
-def test_export_refuses_non_uniform_formats(demo):
+def test_export_refuses_float_outliers_naming_the_layer(demo):
     model, batches, _, _ = demo
-    recipe = uniform_everywhere("log-probs", spec("uniform", observer="minmax"), probs=spec("log"))
-    qmodel = quantize_model(model, recipe, 8, 8, batches)
-    with pytest.raises(UnsupportedProgramError, match="uniform per-tensor quantizers only"):
+    quant = QuantConfig(adfq=dataclasses.replace(QuantConfig().adfq, outliers="float", asmo=False))
+    qmodel = quantize_model(model, build_recipe("adfq", quant), 8, 8, batches)
+    with pytest.raises(UnsupportedProgramError, match=r"blocks\.0\.attn\.qkv\.act_q: PPOQ outliers in float"):
         export(qmodel, batches)
+
+
+def test_export_refuses_formats_where_no_op_produces_them(demo):
+    model, batches, _, _ = demo
+    recipe = uniform_everywhere("log-q", spec("uniform", observer="minmax"), q=spec("log"))
+    qmodel = quantize_model(model, recipe, 8, 8, batches)
+    with pytest.raises(UnsupportedProgramError, match=r"blocks\.0\.attn\.q_q: .* takes uniform-tensor here, got log"):
+        export(qmodel, batches)
+
+
+def test_program_file_round_trip_and_listing(demo, tmp_path):
+    model, batches, images, _ = demo
+    program = export(quantize_model(model, build_recipe("minmax", QuantConfig()), 4, 4, batches), batches)
+    path = save_program(program, tmp_path / "p.npz")
+    assert [f.name for f in tmp_path.iterdir()] == ["p.npz"]  # written atomically, no partial file left
+    loaded = load_program(path)
+    np.testing.assert_array_equal(run_reference(loaded, images[:8])[0], run_reference(program, images[:8])[0])
+    listing = describe(loaded)
+    assert listing.startswith(f"IntegerProgram: {len(program.blocks)} blocks, {program.tokens} tokens")
+    for i in range(len(program.blocks)):
+        assert f"blocks.{i}.attn.qkv" in listing and f"blocks.{i}.mlp.gelu" in listing
+    assert "uniform codes - zp" in listing and "|acc| <=" in listing
+
+    (tmp_path / "bad.npz").write_bytes(b"not a program")
+    with pytest.raises(ValueError, match="bad.npz: not an integer program file"):
+        load_program(tmp_path / "bad.npz")

@@ -16,7 +16,7 @@ from adfq_sim.config import ModelConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.intsim.execute_reference import run_reference
 from adfq_sim.intsim.faithful import _isqrt, run_faithful
-from adfq_sim.intsim.program import export
+from adfq_sim.intsim.export import export
 from adfq_sim.intsim.verify import format_table, total_mismatches, verify
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
@@ -79,7 +79,7 @@ def test_planted_corruption_is_reported_once_with_its_size(runs):
     assert total_mismatches(reports) == 1
     table = format_table(reports)
     assert table.splitlines()[-1].split()[-2:] == ["1", "5"]
-    assert any(line.split()[:5] == ["blocks.1", "probs", str(ref_codes["blocks.1.probs"].size), "1", "5"]
+    assert any(line.split()[:6] == ["blocks.1", "probs", "-", str(ref_codes["blocks.1.probs"].size), "1", "5"]
                for line in table.splitlines())
 
 

@@ -36,6 +36,22 @@ def dyadic(ratio: float) -> tuple[int, int]:
     return m, shift
 
 
+def dyadic_array(ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`dyadic` element-wise (m, s as int64 arrays of the ratios' shape), vectorised for per-token x
+    per-channel rules; equal to `dyadic` on every element."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    if not (np.isfinite(ratios).all() and (ratios > 0).all()):
+        raise ValueError("requantization ratios must be finite and > 0")
+    mantissa, exponent = np.frexp(ratios)
+    m = np.round(mantissa * float(1 << MANTISSA_BITS)).astype(np.int64)  # exact: < 2**32
+    shift = MANTISSA_BITS - exponent.astype(np.int64)
+    carry = m == 1 << MANTISSA_BITS
+    m, shift = np.where(carry, m >> 1, m), np.where(carry, shift - 1, shift)
+    if ((shift <= 0) | (shift > MAX_SHIFT)).any():
+        raise ValueError(f"a requantization ratio needs a shift outside 1..{MAX_SHIFT}")
+    return m, shift
+
+
 def requantize(acc: np.ndarray, m: np.ndarray | int, s: np.ndarray | int, lo: int, hi: int) -> np.ndarray:
     """The rule on int64 arrays (m, s broadcast: per tensor, per channel or per token)."""
     acc = np.asarray(acc, dtype=np.int64)

@@ -24,6 +24,7 @@ from adfq_sim.intsim import kernels, nonlinear
 from adfq_sim.intsim.dyadic import requantize_one
 from adfq_sim.intsim.execute_reference import Ops, run_program
 from adfq_sim.intsim.program import RESIDUAL_MAX, Gemm, IntegerProgram, Requant
+from adfq_sim.intsim.reference import check_outliers
 
 CHUNK = 64  # images per pass: the kernels' per-call overhead amortises, memory stays small
 _weights: WeakKeyDictionary[Gemm, np.ndarray] = WeakKeyDictionary()  # narrowed once per exported layer
@@ -31,17 +32,18 @@ _weights: WeakKeyDictionary[Gemm, np.ndarray] = WeakKeyDictionary()  # narrowed 
 
 @numba.njit(cache=True, inline="always")
 def _rule(v, m, s, zp, lo, hi, j):
-    """Requant's rule on one value of output channel j (m, s hold 1 or N entries)."""
+    """Requant's rule on one value of output channel j (m, s: one row of 1 or N entries)."""
     c = j if m.size > 1 else 0
     return requantize_one(np.int64(v), m[c], s[c], lo - zp, hi - zp) + zp
 
 
 @numba.njit(cache=True, parallel=True)
-def _requant_kernel(acc, m, s, zp, lo, hi, out):
+def _requant_kernel(acc, m, s, zp, lo, hi, out):  # m, s [1 | T, 1 | N]: row i uses rule row i % T
     rows, n = acc.shape
     for i in prange(rows):
+        mi, si = m[i % m.shape[0]], s[i % s.shape[0]]
         for j in range(n):
-            out[i, j] = _rule(acc[i, j], m, s, zp, lo, hi, j)
+            out[i, j] = _rule(acc[i, j], mi, si, zp, lo, hi, j)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -53,9 +55,23 @@ def _add_kernel(a, ma, sa, zpa, loa, hia, b, mb, sb, zpb, lob, hib, limit, out):
             out[i, j] = min(max(total, -limit), limit)
 
 
+@numba.njit(cache=True, parallel=True)
+def _outlier_kernel(starts, rows, cols, codes, w_t, out):
+    # outliers sorted by row; segment [starts[r], starts[r + 1]) lands in row rows[starts[r]] of the int64
+    # accumulator out; w_t = W^T [K, N], so each outlier adds a contiguous row
+    n = w_t.shape[1]
+    for r in prange(starts.shape[0] - 1):
+        target = out[rows[starts[r]]]
+        for o in range(starts[r], starts[r + 1]):
+            code, column = np.int64(codes[o]), w_t[cols[o]]
+            for j in range(n):
+                target[j] += code * column[j]
+
+
 def _requant(acc: np.ndarray, r: Requant) -> np.ndarray:
     out = np.empty(acc.shape, np.int32)
-    _requant_kernel(acc, r.m, r.s, r.zero_point, r.lo, r.hi, out)
+    m, s = (a.reshape(a.shape[0] if a.ndim == 2 else 1, -1) for a in (r.m, r.s))
+    _requant_kernel(acc, m, s, r.zero_point, r.lo, r.hi, out)
     return out
 
 
@@ -68,10 +84,10 @@ def _add(a: np.ndarray, ra: Requant, b: np.ndarray, rb: Requant) -> np.ndarray:
     return out
 
 
-def _operand(codes: np.ndarray, zp: int) -> np.ndarray:
-    """codes - zp as int16: codes of at most 8 bits and a zero-point in that range cannot wrap."""
-    if not 0 <= zp <= 255:
-        raise ValueError(f"zero-point {zp} outside the 8-bit code range")
+def _operand(codes: np.ndarray, zp: int | np.ndarray) -> np.ndarray:
+    """codes - zp as int16: codes of at most 8 bits and zero-points in that range cannot wrap."""
+    if not 0 <= np.min(zp) <= np.max(zp) <= 255:
+        raise ValueError("zero-point outside the 8-bit code range")
     return (codes - zp).astype(np.int16)
 
 
@@ -84,12 +100,20 @@ def _weight(g: Gemm) -> np.ndarray:
     return w
 
 
-def _linear(codes: np.ndarray, g: Gemm) -> np.ndarray:
-    return kernels.dense_gemm(_operand(codes, g.in_zero_point), _weight(g), g.bias)
+def _outliers(rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarray, m: int) -> np.ndarray:
+    """`reference.outlier_gemm` (int64, rows ascending as np.nonzero gives them) by a Numba kernel."""
+    check_outliers(rows, cols, codes, m, w.shape[1])
+    out = np.zeros((m, w.shape[0]), np.int64)
+    if rows.size:
+        starts = np.flatnonzero(np.diff(rows, prepend=-1, append=-1)).astype(np.int64)
+        _outlier_kernel(starts, rows.astype(np.int64), cols.astype(np.int64), codes.astype(np.int64),
+                        np.ascontiguousarray(w.T), out)
+    return out
 
 
-SIMULATOR_OPS = Ops(operand=_operand, linear=_linear, matmul=kernels.dense_gemm, requant=_requant, add=_add,
-                    layernorm=nonlinear.layernorm, softmax=nonlinear.softmax, gelu=nonlinear.gelu)
+SIMULATOR_OPS = Ops(operand=_operand, weight=_weight, dense=kernels.dense_gemm, log_shift=kernels.log_shift_gemm,
+                    outliers=_outliers, requant=_requant, add=_add, layernorm=nonlinear.layernorm,
+                    softmax=nonlinear.softmax, gelu=nonlinear.gelu)
 
 
 def run_simulator(program: IntegerProgram, images: np.ndarray | torch.Tensor

@@ -21,8 +21,9 @@ import torch
 
 from adfq_sim.intsim import nonlinear_reference
 from adfq_sim.intsim.dyadic import requantize
-from adfq_sim.intsim.program import RESIDUAL_MAX, Block, Gemm, IntegerProgram, Requant
-from adfq_sim.intsim.reference import dense_gemm
+from adfq_sim.intsim.program import (RESIDUAL_MAX, Block, Gemm, IntegerProgram, LogOperand, Operand, Requant,
+                                     TwinOperand, UniformOperand)
+from adfq_sim.intsim.reference import dense_gemm, log_shift_gemm, outlier_gemm, saturate, twin_levels
 
 CHUNK = 8
 
@@ -31,17 +32,21 @@ CHUNK = 8
 class Ops:
     """The integer arithmetic an executor plugs into the shared op sequence.
 
-    operand(codes, zp): GEMM operand codes - zp, in the executor's storage dtype.
-    linear(codes, gemm): the weight layer's accumulator ((codes - in_zero_point) @ W^T + bias).
-    matmul(a, w): A @ W^T of two activation operands, A [G, M, K], W [G, N, K].
+    operand(codes, zp): GEMM operand codes - zp (zp an int or a per-row column), in the storage dtype.
+    weight(gemm): the layer's weight operand W [N, K] in the executor's storage.
+    dense(a, w, bias): A @ W^T (+ int32 bias [N]), A [(G,) M, K], W [N, K] or [G, N, K].
+    log_shift(p, b, e, base, zero_code): log codes P (uint8) times B^T by shifts (`reference`).
+    outliers(rows, cols, codes, w, m): the sparse outlier products alone, int64 [m, N].
     requant(acc, r): the dyadic rule of `r` to codes.
     add(a, ra, b, rb): residual add, both operands requantized, the sum clamped to the 16-bit stream.
     layernorm, softmax, gelu: the integer non-linear ops on int32 inputs.
     """
 
-    operand: Callable[[np.ndarray, int], np.ndarray]
-    linear: Callable[[np.ndarray, Gemm], np.ndarray]
-    matmul: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    operand: Callable[[np.ndarray, "int | np.ndarray"], np.ndarray]
+    weight: Callable[[Gemm], np.ndarray]
+    dense: Callable[..., np.ndarray]
+    log_shift: Callable[..., np.ndarray]
+    outliers: Callable[..., np.ndarray]
     requant: Callable[[np.ndarray, Requant], np.ndarray]
     add: Callable[[np.ndarray, Requant, np.ndarray, Requant], np.ndarray]
     layernorm: Callable
@@ -49,25 +54,63 @@ class Ops:
     gelu: Callable
 
 
-def _operand(codes: np.ndarray, zp: int) -> np.ndarray:
+def _operand(codes: np.ndarray, zp: "int | np.ndarray") -> np.ndarray:
     return codes.astype(np.int64) - zp
 
 
+def rule_rows(r: Requant, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(m, s) broadcastable to an accumulator [rows, N]: per token x channel rules repeat every T rows."""
+    if r.m.ndim < 2:
+        return r.m, r.s
+    token = np.arange(rows) % r.m.shape[0]
+    return r.m[token], r.s[token]
+
+
 def _apply(acc: np.ndarray, r: Requant) -> np.ndarray:
-    return requantize(acc, r.m, r.s, r.lo - r.zero_point, r.hi - r.zero_point) + r.zero_point
-
-
-def _linear(codes: np.ndarray, g: Gemm) -> np.ndarray:
-    return dense_gemm(_operand(codes, g.in_zero_point), g.weight, g.bias)
+    m, s = rule_rows(r, acc.shape[0])
+    return requantize(acc, m, s, r.lo - r.zero_point, r.hi - r.zero_point) + r.zero_point
 
 
 def _add(a: np.ndarray, ra: Requant, b: np.ndarray, rb: Requant) -> np.ndarray:
     return np.clip(_apply(a, ra) + _apply(b, rb), -RESIDUAL_MAX, RESIDUAL_MAX)
 
 
-REFERENCE_OPS = Ops(operand=_operand, linear=_linear, matmul=dense_gemm, requant=_apply, add=_add,
-                    layernorm=nonlinear_reference.layernorm, softmax=nonlinear_reference.softmax,
-                    gelu=nonlinear_reference.gelu)
+REFERENCE_OPS = Ops(operand=_operand, weight=lambda g: g.weight, dense=dense_gemm, log_shift=log_shift_gemm,
+                    outliers=outlier_gemm, requant=_apply, add=_add, layernorm=nonlinear_reference.layernorm,
+                    softmax=nonlinear_reference.softmax, gelu=nonlinear_reference.gelu)
+
+
+def _zero_point(zp: np.ndarray, rows: int) -> "int | np.ndarray":
+    """A per-tensor zero-point as an int, a per-token one as a column for `rows` rows."""
+    return int(zp[0]) if zp.size == 1 else zp[np.arange(rows) % zp.size][:, None]
+
+
+def _product(codes: np.ndarray, operand: Operand, w: np.ndarray, ops: Ops,
+             outliers: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+    """The accumulator of one GEMM by its operand format (`reference` fixes each sum); `bias` [N]
+    goes into a plain dense accumulator, the caller adds any other bias."""
+    if isinstance(operand, LogOperand):
+        return ops.log_shift(codes.astype(np.uint8), w, operand.frac_bits, operand.base, operand.zero_code)
+    if isinstance(operand, TwinOperand):
+        coarse, fine = twin_levels(codes, operand.mode, operand.half)
+        return (ops.dense(coarse, w).astype(np.int64) << operand.shift) + ops.dense(fine, w)
+    a = ops.operand(codes, _zero_point(operand.zero_point, codes.shape[-2]))
+    if operand.outlier_shift < 0:
+        return ops.dense(a, w, bias)
+    rows, cols = np.nonzero(outliers)
+    sparse = ops.outliers(rows, cols, outliers[rows, cols], w, len(a))
+    return (ops.dense(a, w).astype(np.int64) << operand.outlier_shift) + sparse
+
+
+def _linear(codes: np.ndarray, g: Gemm, ops: Ops, outliers: np.ndarray | None = None) -> np.ndarray:
+    """A weight layer's accumulator: the product plus its bias, saturated where the program says so."""
+    plain = not g.saturated and g.bias.ndim == 1 and isinstance(g.operand, UniformOperand)
+    if plain:
+        return ops.dense(ops.operand(codes, int(g.operand.zero_point[0])), ops.weight(g), g.bias)
+    acc = _product(codes, g.operand, ops.weight(g), ops, outliers)
+    bias = g.bias if g.bias.ndim == 1 else g.bias[np.arange(len(acc)) % len(g.bias)]
+    acc = acc + bias
+    return saturate(acc) if g.saturated else acc
 
 
 def _image_codes(images: np.ndarray, p: IntegerProgram) -> np.ndarray:
@@ -87,25 +130,30 @@ def _block(r: np.ndarray, blk: Block, ops: Ops, trace: dict[str, np.ndarray], i:
     b, t, d = r.shape
     heads, hd = blk.heads, d // blk.heads
     rows = r.reshape(b * t, d)
-    x = ops.layernorm(rows.astype(np.int32, copy=False), blk.norm1)
-    qkv = ops.linear(x, blk.qkv)
+    x, x_outliers = ops.layernorm(rows.astype(np.int32, copy=False), blk.norm1)
+    qkv = _linear(x, blk.qkv, ops, x_outliers)
     q, k, v = (ops.requant(qkv[:, j * d:(j + 1) * d], rq) for j, rq in enumerate((blk.to_q, blk.to_k, blk.to_v)))
 
-    def split(a: np.ndarray, zp: int) -> np.ndarray:  # [B*T, D] -> [B*H, T, hd], zero-point removed
-        return ops.operand(a, zp).reshape(b, t, heads, hd).transpose(0, 2, 1, 3).reshape(b * heads, t, hd)
+    def split(a: np.ndarray) -> np.ndarray:  # [B*T, D] -> [B*H, T, hd]
+        return a.reshape(b, t, heads, hd).transpose(0, 2, 1, 3).reshape(b * heads, t, hd)
 
-    scores = ops.matmul(split(q, blk.q_zero_point), split(k, blk.k_zero_point))
+    scores = _product(split(q), blk.qk.operand, split(ops.operand(k, blk.qk.b_zero_point)), ops)
     probs = ops.softmax(scores.reshape(-1, t).astype(np.int32, copy=False), blk.softmax)
-    vt = split(v, blk.v_zero_point).transpose(0, 2, 1)
-    pv = ops.matmul(ops.operand(probs, blk.probs_zero_point).reshape(b * heads, t, t), vt)
+    vt = split(ops.operand(v, blk.pv.b_zero_point)).transpose(0, 2, 1)
+    pv = _product(probs.reshape(b * heads, t, t), blk.pv.operand, vt, ops)
+    pv = saturate(pv) if blk.pv.saturated else pv
     pin = ops.requant(pv.reshape(b, heads, t, hd).transpose(0, 2, 1, 3).reshape(b * t, d), blk.to_proj_in)
-    mid = ops.add(rows, blk.res_to_mid, ops.linear(pin, blk.proj), blk.attn_to_res)
-    y = ops.layernorm(mid.astype(np.int32, copy=False), blk.norm2)
-    g = ops.gelu(ops.requant(ops.linear(y, blk.fc1), blk.to_gelu).astype(np.int32, copy=False), blk.gelu)
-    out = ops.add(mid, blk.mid_to_out, ops.linear(g, blk.fc2), blk.mlp_to_res)
-    for name, codes in (("qkv_in", x), ("q", q), ("k", k), ("v", v), ("probs", probs), ("proj_in", pin),
-                        ("residual_mid", mid), ("fc1_in", y), ("fc2_in", g), ("residual_out", out)):
-        trace[f"blocks.{i}.{name}"] = codes.reshape(b, -1)
+    mid = ops.add(rows, blk.res_to_mid, _linear(pin, blk.proj, ops), blk.attn_to_res)
+    y, y_outliers = ops.layernorm(mid.astype(np.int32, copy=False), blk.norm2)
+    fc1 = ops.requant(_linear(y, blk.fc1, ops, y_outliers), blk.to_gelu)
+    g = ops.gelu(fc1.astype(np.int32, copy=False), blk.gelu)
+    out = ops.add(mid, blk.mid_to_out, _linear(g, blk.fc2, ops), blk.mlp_to_res)
+    traced = [("qkv_in", x), ("qkv_in_outliers", x_outliers), ("q", q), ("k", k), ("v", v), ("probs", probs),
+              ("proj_in", pin), ("residual_mid", mid), ("fc1_in", y), ("fc1_in_outliers", y_outliers),
+              ("fc2_in", g), ("residual_out", out)]
+    for name, codes in traced:
+        if codes is not None:
+            trace[f"blocks.{i}.{name}"] = codes.reshape(b, -1)
     return out.reshape(b, t, d)
 
 
@@ -115,15 +163,15 @@ def _run_chunk(p: IntegerProgram, images: np.ndarray, ops: Ops) -> tuple[np.ndar
     trace["embed_in"] = codes.reshape(len(codes), -1)
     patches = _patches(codes, p.patch)
     b, n, kdim = patches.shape
-    emb = ops.requant(ops.linear(patches.reshape(b * n, kdim), p.embed), p.embed_to_res).reshape(b, n, -1)
+    emb = ops.requant(_linear(patches.reshape(b * n, kdim), p.embed, ops), p.embed_to_res).reshape(b, n, -1)
     emb = np.clip(emb + p.pos_codes, -RESIDUAL_MAX, RESIDUAL_MAX)
     r = np.concatenate([np.broadcast_to(p.cls_code.astype(emb.dtype), (b, 1, emb.shape[2])), emb], axis=1)
     trace["residual_in"] = r.reshape(b, -1)
     for i, blk in enumerate(p.blocks):
         r = _block(r, blk, ops, trace, i)
-    head_in = ops.layernorm(r[:, 0].astype(np.int32), p.norm)  # token pooling: only the class token matters
+    head_in, _ = ops.layernorm(r[:, 0].astype(np.int32), p.norm)  # token pooling: the class token alone
     trace["head_in"] = head_in
-    logits = ops.linear(head_in, p.head).astype(np.float64) * p.logit_scale
+    logits = _linear(head_in, p.head, ops).astype(np.float64) * p.logit_scale
     return logits, trace
 
 

@@ -10,17 +10,21 @@ import numpy as np
 
 from adfq_sim.intsim.dyadic import requantize_one
 from adfq_sim.intsim.nonlinear_reference import (
-    EXP_C1,
-    EXP_C2,
     EXP_FRAC_BITS,
+    EXP_LO_BITS,
     EXP_MAX_Z,
     EXP_ONE_BITS,
     SOFTMAX_INPUT_MAX,
+    EXP_TABLE_HI,
+    EXP_TABLE_LO,
     SUM_RECIP_BITS,
     GeluConstants,
     LayerNormConstants,
+    OUTLIER_MAX,
+    OUTLIER_MIN,
     LogOutput,
     SoftmaxConstants,
+    StepOutput,
     check_codes,
 )
 
@@ -87,12 +91,25 @@ def _log_code(v: np.int64, thresholds: np.ndarray, zero_below: np.int64, zero_co
     return lo
 
 
+@numba.njit(cache=True, inline="always")
+def _count_at_or_below(v: np.int64, thresholds: np.ndarray) -> np.int64:
+    """#{k : thresholds[k] <= v} by binary search over the ascending thresholds (a step table's index)."""
+    lo, hi = 0, thresholds.size
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if thresholds[mid] <= v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 # ------------------------------------------------------------------------------------------ LayerNorm
 
 
 @numba.njit(cache=True, parallel=True)
 def _layernorm_kernel(x, eps_int, frac_bits, recip_bits, norm_max, gamma, beta, m, s, zp, qmax, threshold,
-                      want_acc, acc_out, codes_out):
+                      om, os, want_acc, acc_out, codes_out, outliers_out):
     rows, c = x.shape
     tokens = m.size
     for r in numba.prange(rows):
@@ -116,64 +133,82 @@ def _layernorm_kernel(x, eps_int, frac_bits, recip_bits, norm_max, gamma, beta, 
                 acc_out[r, j] = acc
             elif threshold >= 0 and abs(acc) > threshold:
                 codes_out[r, j] = zp[t]
+                outliers_out[r, j] = requantize_one(acc, om[r % om.size], os[r % os.size], OUTLIER_MIN, OUTLIER_MAX)
             else:
                 codes_out[r, j] = _uniform_code(acc, m[t], s[t], zp[t], qmax)
+                if threshold >= 0:
+                    outliers_out[r, j] = 0
 
 
-def _layernorm_run(x: np.ndarray, c: LayerNormConstants, want_acc: bool) -> tuple[np.ndarray, np.ndarray]:
+def _layernorm_run(x: np.ndarray, c: LayerNormConstants, want_acc: bool
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     check_codes(x, c.input_max, "layernorm")
     if x.shape[1] != c.channels:
         raise ValueError(f"layernorm exported for {c.channels} channels, got {x.shape[1]}")
     x = np.ascontiguousarray(x)
     acc = np.empty(x.shape if want_acc else (0, 0), np.int64)
     codes = np.empty((0, 0) if want_acc else x.shape, np.int32)
+    outliers = np.empty(x.shape if c.has_outliers and not want_acc else (0, 0), np.int32)
     o = c.out
+    om, os = (c.outlier_m, c.outlier_s) if c.has_outliers else (np.ones(1, np.int64), np.ones(1, np.int64))
     _layernorm_kernel(x, c.eps_int, c.frac_bits, c.recip_bits, c.norm_max, c.gamma, c.beta, o.m, o.s,
-                      o.zero_point, o.qmax, c.outlier_threshold, want_acc, acc, codes)
-    return acc, codes
+                      o.zero_point, o.qmax, c.outlier_threshold, om, os, want_acc, acc, codes, outliers)
+    return acc, codes, outliers
 
 
 def layernorm_acc(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
-    """int64 [M, C]: the LayerNorm output with frac_bits + gamma_bits fractional bits (PPOQ's outlier path)."""
+    """int64 [M, C]: the LayerNorm output with frac_bits + gamma_bits fractional bits, before the output rule."""
     return _layernorm_run(x, c, True)[0]
 
 
-def layernorm(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
-    """int32 [M, C] codes of the next uniform / PPOQ quantizer; outliers hold the zero-point."""
-    return _layernorm_run(x, c, False)[1]
+def layernorm(x: np.ndarray, c: LayerNormConstants) -> tuple[np.ndarray, np.ndarray | None]:
+    """`nonlinear_reference.layernorm`: int32 [M, C] codes (outliers at the zero-point) and, with PPOQ,
+    the int16 outlier codes as an int32 [M, C] matrix (0 elsewhere), else None."""
+    _, codes, outliers = _layernorm_run(x, c, False)
+    return codes, outliers if c.has_outliers else None
 
 
 # -------------------------------------------------------------------------------------------- softmax
 
+_UNIFORM, _LOG, _STEP = 0, 1, 2  # softmax output kinds
+SOFTMAX_ROW_BLOCK = 16  # rows per parallel iteration
+
 
 @numba.njit(cache=True, parallel=True)
-def _softmax_kernel(x, a_max, m, s, log_out, um, us, uzp, qmax, thresholds, zero_below, zero_code, out):
+def _softmax_kernel(x, a_max, m, s, mode, um, us, uzp, qmax, thresholds, zero_below, zero_code, step_codes, out):
+    # mode: UNIFORM, LOG (descending thresholds) or STEP (ascending thresholds, a code table)
     rows, n = x.shape
     u_max = np.int64(EXP_MAX_Z) << EXP_FRAC_BITS
     frac_mask = (np.int64(1) << EXP_FRAC_BITS) - 1
-    half = np.int64(1) << (EXP_FRAC_BITS - 1)
-    one = np.int64(1) << EXP_ONE_BITS
-    for r in numba.prange(rows):
-        e = np.empty(n, np.int64)
-        top = np.int64(x[r, 0])
-        for j in range(1, n):
-            top = max(top, np.int64(x[r, j]))
-        total = np.int64(0)
-        for j in range(n):
-            u = requantize_one(min(top - np.int64(x[r, j]), a_max), m, s, np.int64(0), u_max)
-            z = u >> EXP_FRAC_BITS
-            f = u & frac_mask
-            t = ((EXP_C2 * f + half) >> EXP_FRAC_BITS) - EXP_C1
-            p = one + ((t * f + half) >> EXP_FRAC_BITS)
-            e[j] = ((p << 1) + (np.int64(1) << z)) >> (z + 1)
-            total += e[j]
-        recip = (np.int64(1) << SUM_RECIP_BITS) // total
-        for j in range(n):
-            p = (e[j] * recip + (np.int64(1) << 30)) >> 31
-            if log_out:
-                out[r, j] = _log_code(p, thresholds, zero_below, zero_code)
+    half = np.int64(1) << (EXP_ONE_BITS - 1)
+    lo_mask = (np.int64(1) << EXP_LO_BITS) - 1
+    for block in numba.prange((rows + SOFTMAX_ROW_BLOCK - 1) // SOFTMAX_ROW_BLOCK):
+        e = np.empty(n, np.int64)  # once per block of rows: an allocation per row cost as much as the row
+        for r in range(block * SOFTMAX_ROW_BLOCK, min(rows, (block + 1) * SOFTMAX_ROW_BLOCK)):
+            xr, orow = x[r], out[r]
+            top = np.int64(xr[0])
+            for j in range(1, n):
+                top = max(top, np.int64(xr[j]))
+            total = np.int64(0)
+            for j in range(n):
+                u = requantize_one(min(top - np.int64(xr[j]), a_max), m, s, np.int64(0), u_max)
+                z = u >> EXP_FRAC_BITS
+                f = u & frac_mask
+                p = (EXP_TABLE_HI[f >> EXP_LO_BITS] * EXP_TABLE_LO[f & lo_mask] + half) >> EXP_ONE_BITS
+                e[j] = ((p << 1) + (np.int64(1) << z)) >> (z + 1)
+                total += e[j]
+            recip = (np.int64(1) << SUM_RECIP_BITS) // total
+            for j in range(n):  # probabilities, in place
+                e[j] = (e[j] * recip + (np.int64(1) << 30)) >> 31
+            if mode == _UNIFORM:  # one loop per kind: a branch inside stopped the uniform one vectorising
+                for j in range(n):
+                    orow[j] = _uniform_code(e[j], um, us, uzp, qmax)
+            elif mode == _LOG:
+                for j in range(n):
+                    orow[j] = _log_code(e[j], thresholds, zero_below, zero_code)
             else:
-                out[r, j] = _uniform_code(p, um, us, uzp, qmax)
+                for j in range(n):
+                    orow[j] = step_codes[_count_at_or_below(e[j], thresholds)]
 
 
 def softmax(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
@@ -182,15 +217,22 @@ def softmax(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
     x = np.ascontiguousarray(x)
     out = np.empty(x.shape, np.int32)
     o = c.out
+    no_table = np.zeros(0, np.int32)
     if isinstance(o, LogOutput):
-        _softmax_kernel(x, c.a_max, c.m, c.s, True, 0, 1, 0, 0, o.thresholds, o.zero_below, o.zero_code, out)
+        _softmax_kernel(x, c.a_max, c.m, c.s, _LOG, 0, 1, 0, 0, o.thresholds, o.zero_below, o.zero_code, no_table,
+                        out)
+    elif isinstance(o, StepOutput):
+        _softmax_kernel(x, c.a_max, c.m, c.s, _STEP, 0, 1, 0, 0, o.thresholds, 0, 0, o.codes, out)
     else:
-        _softmax_kernel(x, c.a_max, c.m, c.s, False, o.m[0], o.s[0], o.zero_point[0], o.qmax,
-                        np.zeros(0, np.int64), 0, 0, out)
+        _softmax_kernel(x, c.a_max, c.m, c.s, _UNIFORM, o.m[0], o.s[0], o.zero_point[0], o.qmax,
+                        np.zeros(0, np.int64), 0, 0, no_table, out)
     return out
 
 
 # ----------------------------------------------------------------------------------------------- GELU
+
+
+GELU_TABLE_MAX = 1 << 20  # thresholds spanning at most this many accumulators: a code table (4 MiB int32)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -207,6 +249,13 @@ def _gelu_kernel(acc, thresholds, codes, out):
         out[i] = codes[lo]
 
 
+@numba.njit(cache=True, parallel=True)
+def _gelu_table_kernel(acc, lo, hi, table, out):
+    # one gather per accumulator (vectorised): measured 20x the binary search (mispredicted branches) on fc1
+    for i in numba.prange(acc.size):
+        out[i] = table[min(max(acc[i], lo), hi) - lo]
+
+
 def gelu(acc: np.ndarray, c: GeluConstants) -> np.ndarray:
     """int32 codes (the shape of acc) of GELU on int32 accumulators, by the exported breakpoints."""
     acc = np.asarray(acc)
@@ -214,5 +263,12 @@ def gelu(acc: np.ndarray, c: GeluConstants) -> np.ndarray:
         raise ValueError(f"gelu takes int32 accumulators, got {acc.dtype}")
     flat = np.ascontiguousarray(acc).ravel()
     out = np.empty(flat.shape, np.int32)
-    _gelu_kernel(flat, c.thresholds, c.codes, out)
+    t = c.thresholds
+    i32 = np.iinfo(np.int32)
+    if t.size and i32.min < t[0] and t[-1] <= i32.max and t[-1] - t[0] < GELU_TABLE_MAX:
+        # the code of every accumulator in [t[0] - 1, t[-1]] (the rest clamps there): code k over [t[k-1], t[k])
+        table = np.repeat(c.codes.astype(np.int32), np.diff(t, prepend=t[0] - 1, append=t[-1] + 1))
+        _gelu_table_kernel(flat, np.int32(t[0] - 1), np.int32(t[-1]), table, out)
+    else:
+        _gelu_kernel(flat, t, c.codes, out)
     return out.reshape(acc.shape)

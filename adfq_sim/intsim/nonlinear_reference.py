@@ -14,11 +14,13 @@ Fixed semantics:
   fixed point with F fractional bits through one per-row reciprocal of an exact isqrt, clamped to
   |y| <= sqrt(C - 1) (its true bound), then acc = n * G_c + B_c (gamma, beta as integers) and one
   per-row dyadic requantization to the next quantizer's codes. A constant row (V + E = 0) gives y = 0.
+  With PPOQ outliers, |acc| above the integer alpha makes an outlier: its dense code is the zero-point
+  and its int16 code, on the token's step / 2**outlier_shift, is the dyadic rule of acc clamped to int16.
 - Softmax: a = row max - x; the base-2 exponent u = round(a * s_in * log2(e) * 2**K) by the dyadic
-  rule; 2**(-u / 2**K) = 2**-z * P(f) with P a second-order polynomial (I-BERT's i-exp, refitted to
-  2**-r on [0, 1) with P(0) = 1 and P(1) = 1/2 exactly, so exp stays continuous and monotone); values
-  in Q30, row sum, one reciprocal per row, probabilities p in Q30; then uniform codes by the dyadic
-  rule or log codes by integer comparisons of p with thresholds fixed at export. Probabilities under
+  rule; 2**(-u / 2**K) = 2**-z * 2**(-f / 2**K), the fraction from two small ROM tables (high and low
+  halves of f, Q30 entries, one rounded product: relative error < 3e-9); values in Q30, row sum, one reciprocal per row, probabilities p in Q30; then uniform codes by the dyadic
+  rule, log codes by integer comparisons of p with thresholds fixed at export, or any other monotone
+  code (twin-uniform) by a step table of Q30 breakpoints found at export. Probabilities under
   about 2**-31 become 0 (the zero code): only 8-bit log codes reach below that, for values < 1e-9.
 - GELU: a table of breakpoints. GELU followed by the next quantizer (SLQ log or uniform) is a step
   function of the int32 fc1 accumulator, monotone on each side of GELU's minimum, so it is exactly
@@ -42,12 +44,18 @@ from adfq_sim.intsim.dyadic import dyadic, requantize
 
 INT31 = (1 << 31) - 1  # |acc| bound of the dyadic rule (int32 accumulators)
 
-# Softmax exp: fractional bits of the base-2 exponent, and the polynomial 2**-r ~= 1 - c r + (c - 1/2) r^2
-# in Q30 (max relative error 0.27 % on [0, 1), c fitted for it; I-BERT's own fit: 0.31 %).
-EXP_FRAC_BITS = 16
+# Softmax exp: K fractional bits of the base-2 exponent (its rounding moves exp by < 2**-(K+1) * ln 2,
+# 3.3e-7), and 2**-r for r in [0, 1) as the product of two Q30 tables over the high and low halves of
+# its K bits. Why tables: a log-sqrt2 code flips where p crosses a threshold, and one flip changes a
+# probability by 41 %; I-BERT's second-order polynomial (0.27 % error, refitted) flipped 0.5 % of the
+# 8-bit log codes of the demo against the float softmax, the tables flip almost none.
+EXP_FRAC_BITS = 20
+EXP_LO_BITS = 10
 EXP_ONE_BITS = 30  # exp values and probabilities are Q30: 1.0 == 2**30
-EXP_C1 = round(0.669885 * (1 << EXP_ONE_BITS))
-EXP_C2 = round((0.669885 - 0.5) * (1 << EXP_ONE_BITS))
+EXP_TABLE_HI = np.floor(2.0 ** (EXP_ONE_BITS - np.arange(1 << (EXP_FRAC_BITS - EXP_LO_BITS))
+                                / 2.0 ** (EXP_FRAC_BITS - EXP_LO_BITS)) + 0.5).astype(np.int64)
+EXP_TABLE_LO = np.floor(2.0 ** (EXP_ONE_BITS - np.arange(1 << EXP_LO_BITS) / 2.0**EXP_FRAC_BITS) + 0.5
+                        ).astype(np.int64)
 EXP_MAX_Z = 32  # 2**-32 in Q30 rounds to 0: larger exponents are clamped here
 SOFTMAX_INPUT_MAX = (1 << 30) - 1  # |score| bound, so row max - score < 2**31
 SUM_RECIP_BITS = 61  # probability = e * floor(2**61 / sum) >> 31 (Q30)
@@ -65,6 +73,18 @@ class UniformOutput:
     s: np.ndarray
     zero_point: np.ndarray
     qmax: int
+
+
+@dataclass(frozen=True, eq=False)
+class StepOutput:
+    """Codes of a non-decreasing step function of a fixed-point value: codes[#{k : v >= thresholds[k]}].
+
+    Serves outputs that are neither uniform nor log (PTQ4ViT's twin-uniform softmax): the thresholds
+    (ascending) are found at export by bisection of the float quantizer, so the integer op equals it.
+    """
+
+    thresholds: np.ndarray
+    codes: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,7 +153,8 @@ class LayerNormConstants:
     clamp of n; gamma, beta: G_c = round(gamma * 2**gamma_bits), B_c = round(beta * 2**(F + gamma_bits))
     so acc = n * G + B holds the LayerNorm output with F + gamma_bits fractional bits and |acc| < 2**31;
     input_max: the largest |x| the bounds were proven for; outlier_threshold: PPOQ's alpha as an acc
-    value (|acc| > it is an outlier; its dense code is the zero-point), -1 without outliers.
+    value (|acc| > it is an outlier; its dense code is the zero-point), -1 without outliers;
+    outlier_m, outlier_s: per token, the dyadic rule from acc to int16 outlier codes (empty without).
     """
 
     channels: int
@@ -147,6 +168,12 @@ class LayerNormConstants:
     beta: np.ndarray
     out: UniformOutput
     outlier_threshold: int
+    outlier_m: np.ndarray
+    outlier_s: np.ndarray
+
+    @property
+    def has_outliers(self) -> bool:
+        return self.outlier_threshold >= 0
 
 
 def _norm_max(channels: int, frac_bits: int) -> int:
@@ -168,10 +195,14 @@ def _fold_gamma(gamma: np.ndarray, beta: np.ndarray, frac_bits: int,
 
 def layernorm_constants(channels: int, input_scale: float, gamma: np.ndarray, beta: np.ndarray, eps: float,
                         input_bits: int, out_scale: np.ndarray | float, out_zero_point: np.ndarray | int,
-                        out_bits: int, alpha: float | None = None) -> LayerNormConstants:
+                        out_bits: int, alpha: float | None = None,
+                        outlier_step: np.ndarray | float | None = None) -> LayerNormConstants:
     """Export: input codes |x| <= 2**(input_bits - 1) at input_scale (refused where the variance could
     overflow int64); output uniform, out_scale / out_zero_point scalars or per token position [T];
-    alpha: PPOQ's outlier threshold on the LayerNorm output value, or None."""
+    alpha: PPOQ's outlier threshold on the LayerNorm output value, or None; outlier_step: the step of
+    the int16 outlier codes (scalar or per token), required with alpha."""
+    if (alpha is None) != (outlier_step is None):
+        raise ValueError("alpha and outlier_step go together (PPOQ outliers) or not at all")
     c = channels
     input_max = 1 << (input_bits - 1)
     eps_int = math.floor(eps / input_scale**2 * c * c + 0.5)
@@ -189,8 +220,12 @@ def layernorm_constants(channels: int, input_scale: float, gamma: np.ndarray, be
     acc_frac = frac_bits + gamma_bits
     threshold = -1 if alpha is None else math.floor(alpha * 2.0**acc_frac)
     out = uniform_output(out_scale, out_zero_point, out_bits, acc_frac)
+    outlier_m = outlier_s = np.zeros(0, np.int64)
+    if outlier_step is not None:
+        rules = [dyadic(2.0**-acc_frac / float(step)) for step in np.atleast_1d(outlier_step)]
+        outlier_m, outlier_s = (np.array(v, np.int64) for v in zip(*rules))
     return LayerNormConstants(c, input_max, eps_int, frac_bits, recip_bits, norm_max, gamma_bits, g, b, out,
-                              threshold)
+                              threshold, outlier_m, outlier_s)
 
 
 def check_codes(x: np.ndarray, limit: int, name: str) -> np.ndarray:
@@ -219,14 +254,22 @@ def layernorm_acc(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
     return n * c.gamma + c.beta
 
 
-def layernorm(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
-    """Output codes (int32 [M, C]) of the next uniform / PPOQ quantizer; outliers hold the zero-point."""
+OUTLIER_MIN, OUTLIER_MAX = -(1 << 15), (1 << 15) - 1  # int16 outlier codes
+
+
+def layernorm(x: np.ndarray, c: LayerNormConstants) -> tuple[np.ndarray, np.ndarray | None]:
+    """Codes (int32 [M, C]) of the next uniform / PPOQ quantizer, outliers holding the zero-point there,
+    and with PPOQ the outliers' int16 codes as an int32 [M, C] matrix, 0 elsewhere (else None)."""
     acc = layernorm_acc(x, c)
     token = np.arange(acc.shape[0]) % len(c.out.m)
     codes = uniform_codes(acc, c.out, token)
-    if c.outlier_threshold >= 0:
-        codes = np.where(np.abs(acc) > c.outlier_threshold, c.out.zero_point[token][:, None], codes)
-    return codes.astype(np.int32)
+    if not c.has_outliers:
+        return codes.astype(np.int32), None
+    mask = np.abs(acc) > c.outlier_threshold
+    codes = np.where(mask, c.out.zero_point[token][:, None], codes)
+    outliers = requantize(acc, c.outlier_m[token % len(c.outlier_m)][:, None],
+                          c.outlier_s[token % len(c.outlier_s)][:, None], OUTLIER_MIN, OUTLIER_MAX)
+    return codes.astype(np.int32), np.where(mask, outliers, 0).astype(np.int32)
 
 
 # -------------------------------------------------------------------------------------------- softmax
@@ -237,16 +280,16 @@ class SoftmaxConstants:
     """Integer softmax: a = min(row max - x, a_max), u = requantize(a, m, s, 0, EXP_MAX_Z << K).
 
     a_max: where u already saturates (keeps a inside the rule's int32 range); out: UniformOutput (per
-    tensor, on Q30 probabilities) or LogOutput (thresholds in Q30).
+    tensor, on Q30 probabilities), LogOutput or StepOutput (thresholds in Q30).
     """
 
     a_max: int
     m: int
     s: int
-    out: UniformOutput | LogOutput
+    out: UniformOutput | LogOutput | StepOutput
 
 
-def softmax_constants(input_scale: float, out: UniformOutput | LogOutput) -> SoftmaxConstants:
+def softmax_constants(input_scale: float, out: UniformOutput | LogOutput | StepOutput) -> SoftmaxConstants:
     """Export: scores are int32 codes at input_scale; build `out` with frac_bits=EXP_ONE_BITS."""
     ratio = input_scale * math.log2(math.e) * (1 << EXP_FRAC_BITS)
     m, s = dyadic(ratio)
@@ -257,11 +300,11 @@ def softmax_constants(input_scale: float, out: UniformOutput | LogOutput) -> Sof
     return SoftmaxConstants(a_max, m, s, out)
 
 
-def exp2_poly(f: np.ndarray) -> np.ndarray:
-    """2**(-f / 2**K) in Q30 for 0 <= f < 2**K (Horner, each step rounded half up)."""
-    half = np.int64(1) << (EXP_FRAC_BITS - 1)
-    t = (EXP_C2 * f + half >> EXP_FRAC_BITS) - EXP_C1
-    return (np.int64(1) << EXP_ONE_BITS) + (t * f + half >> EXP_FRAC_BITS)
+def exp2_fraction(f: np.ndarray) -> np.ndarray:
+    """2**(-f / 2**K) in Q30 for 0 <= f < 2**K: the two table entries' product, rounded half up."""
+    f = np.asarray(f, np.int64)
+    hi, lo = EXP_TABLE_HI[f >> EXP_LO_BITS], EXP_TABLE_LO[f & ((1 << EXP_LO_BITS) - 1)]
+    return (hi * lo + (np.int64(1) << (EXP_ONE_BITS - 1))) >> EXP_ONE_BITS
 
 
 def softmax_probabilities(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
@@ -270,17 +313,19 @@ def softmax_probabilities(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
     a = np.minimum(x.max(axis=1, keepdims=True) - x, c.a_max)
     u = requantize(a, c.m, c.s, 0, EXP_MAX_Z << EXP_FRAC_BITS)
     z = u >> EXP_FRAC_BITS
-    e = exp2_poly(u & ((1 << EXP_FRAC_BITS) - 1))
+    e = exp2_fraction(u & ((1 << EXP_FRAC_BITS) - 1))
     e = ((e << 1) + (np.int64(1) << z)) >> (z + 1)  # e / 2**z rounded half up
     recip = (np.int64(1) << SUM_RECIP_BITS) // e.sum(axis=1, keepdims=True)
     return e * recip + (np.int64(1) << 30) >> 31
 
 
 def softmax(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
-    """Output codes (int32 [M, N]) of the next quantizer: uniform per tensor or log."""
+    """Output codes (int32 [M, N]) of the next quantizer: uniform per tensor, log or a step table."""
     p = softmax_probabilities(x, c)
     if isinstance(c.out, LogOutput):
         return log_codes(p, c.out).astype(np.int32)
+    if isinstance(c.out, StepOutput):
+        return step_codes(p, c.out.thresholds, c.out.codes).astype(np.int32)
     return uniform_codes(p, c.out, np.zeros(p.shape[0], np.int64)).astype(np.int32)
 
 
@@ -341,6 +386,16 @@ def gelu_constants(input_scale: float, quantize: Callable[[np.ndarray], np.ndarr
                                  _change_points(code_of, split + 1, INT31)])
     codes = code_of(np.concatenate([[lowest], thresholds]))
     return GeluConstants(thresholds, codes.astype(np.int32))
+
+
+def step_output(quantize: Callable[[np.ndarray], np.ndarray], frac_bits: int, hi: int) -> StepOutput:
+    """Export: the StepOutput of a non-decreasing `quantize` (float64 values -> codes) of v / 2**frac_bits
+    for integers v in [0, hi]."""
+    def code_of(v: np.ndarray) -> np.ndarray:
+        return np.asarray(quantize(v.astype(np.float64) * 2.0**-frac_bits)).astype(np.int64)
+
+    thresholds = _change_points(code_of, 0, hi)
+    return StepOutput(thresholds, code_of(np.concatenate([[0], thresholds]).astype(np.int64)).astype(np.int32))
 
 
 def step_codes(acc: np.ndarray, thresholds: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -1,47 +1,38 @@
-"""IntegerProgram: every integer constant of a deployed ViT, and `export` from a calibrated QuantModel.
+"""IntegerProgram: every integer constant of a deployed ViT, its file format and its op listing.
 
-Prototype scope: ViT / DeiT with uniform quantizers only (activations per tensor, weights per output
-channel: the `minmax` and `percentile` recipes); any other format is refused at export.
-
-Choices fixed here, once:
-- GEMM operands are codes minus zero-points; a weight layer's int32 bias is round_half_up(b / (s_in *
-  s_w[n])), so it lands on the accumulator's own scale (no rescale before the add).
-- Every rescale is a `Requant`: the dyadic rule of `dyadic.py` (round half up), per tensor or per
-  output channel, clamped to the target's code range, the zero-point added after the rule.
-- Residual stream: signed 16-bit codes (|r| <= 2**15 - 1, the LayerNorm input range), one scale per
-  residual point (each block's input, its post-attention sum, the final norm's input), chosen as
-  RESIDUAL_HEADROOM x the calibration maximum of |x| over 2**15 - 1. An add rescales both operands to
-  the new point's scale (two dyadic rules) and clamps the sum to the 16-bit range.
-- Class token and position embedding are residual codes at the first point's scale: (cls + pos[0]) is
-  one code vector, pos[1:] codes are added to the requantized patch embedding.
-- GELU: the fc1 accumulator (per-channel scale) is first requantized to one per-tensor scale, the
-  finest channel's s_in * s_w, so that one breakpoint table (`gelu_constants`) serves the layer.
-- Softmax input scale folds attention's 1/sqrt(d): s_q * s_k * scale.
-- Every GEMM's accumulator bound is proven (`bounds.check_int32`) and stored as `acc_max`.
+The program is built by `export` from a calibrated QuantModel and read by the three executors
+(`execute_reference`, `execute`, `faithful`). Its semantics, fixed once here and in the modules named:
+- GEMM operands are codes read by an operand format (UniformOperand, LogOperand, TwinOperand); weights
+  are codes minus their per-channel zero-points; a weight layer's bias lands on its accumulator's scale.
+- Accumulators are int32. A dense GEMM's bound is proven at export (`bounds`). Where a GEMM sums
+  parts on different steps (PPOQ's dense codes and sparse outliers, a twin-uniform operand's coarse and
+  fine ranges) the parts are exact int32 / int64 sums, combined in int64 and *saturated* to
+  +-(2**31 - 1) (`Gemm.saturated`, `reference.saturate`); export proves that saturation never changes the consumer's codes
+  (a requantization whose output clamps before the int32 edge, a GELU table flat beyond it).
+- Every rescale is a `Requant` (the dyadic rule of `dyadic.py`), per tensor, per output channel or per
+  token x channel (PPOQ inputs), the zero-point added after the rule.
+- Residual stream: signed 16-bit codes, one scale per residual point; adds rescale both operands.
+- Floats: the input image quantizer (images arrive in float) and the logit scales, nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
-import torch
-from torch import nn
-from timm.models.vision_transformer import VisionTransformer
 
-from adfq_sim.intsim.bounds import INT32_MAX, check_int32, dense_bound
-from adfq_sim.intsim.dyadic import dyadic
-from adfq_sim.intsim.nonlinear_reference import (EXP_ONE_BITS, SOFTMAX_INPUT_MAX, GeluConstants,
-                                                 LayerNormConstants, SoftmaxConstants, gelu_constants,
-                                                 layernorm_constants, softmax_constants, uniform_output)
-from adfq_sim.quant.model import QuantModel
-from adfq_sim.quant.modules import QuantAttention, QuantConv2d, QuantLinear
-from adfq_sim.quant.quantizers import UniformQuantizer
+from adfq_sim.intsim.nonlinear_reference import (GeluConstants, LayerNormConstants, LogOutput, SoftmaxConstants,
+                                                 StepOutput, UniformOutput)
 
 RESIDUAL_BITS = 16
 RESIDUAL_MAX = (1 << (RESIDUAL_BITS - 1)) - 1
-RESIDUAL_HEADROOM = 2.0  # one bit above the calibration maximum: test images may exceed it
+FILE_FORMAT = "adfq-sim integer program"
+FILE_VERSION = 1
 
 
 class UnsupportedProgramError(ValueError):
@@ -49,8 +40,57 @@ class UnsupportedProgramError(ValueError):
 
 
 @dataclass(frozen=True, eq=False)
+class UniformOperand:
+    """codes - zero_point, zero_point [1] (per tensor) or [T] (per token position, PPOQ).
+
+    outlier_shift >= 0 (PPOQ): the operand also has sparse int16 outliers on step / 2**outlier_shift;
+    acc = (dense << outlier_shift) + outlier products + bias, saturated.
+    """
+
+    zero_point: np.ndarray
+    outlier_shift: int = -1
+
+    @property
+    def format(self) -> str:
+        return "ppoq" if self.outlier_shift >= 0 else "uniform"
+
+
+@dataclass(frozen=True, eq=False)
+class LogOperand:
+    """Log codes (zero_code means zero) multiplied by shifting, E = frac_bits (`reference.log_shift_gemm`)."""
+
+    base: str
+    frac_bits: int
+    zero_code: int
+
+    @property
+    def format(self) -> str:
+        return f"log{self.base}"
+
+
+@dataclass(frozen=True, eq=False)
+class TwinOperand:
+    """PTQ4ViT twin-uniform codes (mode softmax | gelu, `half` = 2**(b-1)): two operands of levels, one per
+    range (`reference.twin_levels`), acc = (acc_coarse << shift) + acc_fine + bias, saturated."""
+
+    mode: str
+    half: int
+    shift: int
+
+    @property
+    def format(self) -> str:
+        return "twin"
+
+
+Operand = Union[UniformOperand, LogOperand, TwinOperand]
+
+
+@dataclass(frozen=True, eq=False)
 class Requant:
-    """codes = requantize(acc, m, s, lo - zero_point, hi - zero_point) + zero_point (m, s: [1] or [N])."""
+    """codes = requantize(acc, m, s, lo - zero_point, hi - zero_point) + zero_point.
+
+    m, s: [1] per tensor, [N] per output channel, or [T, N] per token x channel (row r is token r % T).
+    """
 
     m: np.ndarray
     s: np.ndarray
@@ -61,12 +101,23 @@ class Requant:
 
 @dataclass(frozen=True, eq=False)
 class Gemm:
-    """acc = (A - in_zero_point) @ weight^T + bias, proven |acc| <= acc_max < 2**31."""
+    """A weight layer: acc = operand(A) @ weight^T + bias (see UniformOperand / TwinOperand for the sums)."""
 
     weight: np.ndarray  # int32 [N, K]: weight codes minus their per-channel zero-points
-    bias: np.ndarray  # int32 [N] on the accumulator's scale
-    in_zero_point: int
+    bias: np.ndarray  # int64 [N], or [T, N] per token, on the accumulator's scale
+    operand: Operand
+    acc_max: int  # proven |int32 accumulator| (the dense / each range's part where the sum is saturated)
+    saturated: bool
+
+
+@dataclass(frozen=True, eq=False)
+class Matmul:
+    """Two activation tensors: acc = operand(A) @ (B - b_zero_point)^T, per batch x head."""
+
+    operand: Operand
+    b_zero_point: int
     acc_max: int
+    saturated: bool
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,20 +128,16 @@ class Block:
     to_k: Requant
     to_v: Requant
     heads: int
-    q_zero_point: int
-    k_zero_point: int
-    scores_max: int  # proven |Q.K^T| bound
+    qk: Matmul  # Q . K^T (|acc| within the softmax input range)
     softmax: SoftmaxConstants
-    probs_zero_point: int
-    v_zero_point: int
-    pv_max: int  # proven |P.V| bound
+    pv: Matmul  # probs . V
     to_proj_in: Requant
     proj: Gemm
     attn_to_res: Requant  # proj accumulator -> mid residual codes
     res_to_mid: Requant  # input residual -> mid residual scale
     norm2: LayerNormConstants
     fc1: Gemm
-    to_gelu: Requant  # fc1 accumulator -> one per-tensor scale
+    to_gelu: Requant  # fc1 accumulator -> one per-tensor scale (int32, clamped)
     gelu: GeluConstants
     fc2: Gemm
     mlp_to_res: Requant  # fc2 accumulator -> output residual codes
@@ -114,183 +161,156 @@ class IntegerProgram:
     head: Gemm
     logit_scale: np.ndarray  # float64 [classes]: s_in * s_w[n], used only to report logits
 
+    @property
+    def tokens(self) -> int:
+        return len(self.pos_codes) + 1
 
-def _round_half_up(x: np.ndarray) -> np.ndarray:
-    return np.floor(np.asarray(x, np.float64) + 0.5)
-
-
-def _uniform(q, granularity: str, name: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """(scale, zero_point, qmax) of a uniform quantizer, refusing every other format."""
-    form = q.integer_form() if isinstance(q, UniformQuantizer) else {"format": getattr(q, "format", "?")}
-    if form["format"] != "uniform" or form.get("granularity") != granularity:
-        raise UnsupportedProgramError(
-            f"{name}: the integer program supports uniform per-{granularity} quantizers only (minmax, "
-            f"percentile), got {form['format']} {form.get('granularity', '')}".rstrip())
-    scale = form["scale"].double().numpy().reshape(-1)
-    return scale, form["zero_point"].numpy().astype(np.int64).reshape(-1), form["code_max"]
-
-
-def _act(q, name: str) -> tuple[float, int, int]:
-    scale, zp, qmax = _uniform(q, "tensor", name)
-    return float(scale[0]), int(zp[0]), qmax
-
-
-def _requant(ratio: np.ndarray | float, zero_point: int, lo: int, hi: int) -> Requant:
-    ms = [dyadic(float(r)) for r in np.atleast_1d(ratio)]
-    return Requant(np.array([m for m, _ in ms], np.int64), np.array([s for _, s in ms], np.int64),
-                   zero_point, lo, hi)
+    def tensor_formats(self) -> dict[str, str]:
+        """Format of every traced tensor (the executors' codes keys), for the verification table."""
+        formats = {"embed_in": self.embed.operand.format, "residual_in": f"int{RESIDUAL_BITS}"}
+        for i, blk in enumerate(self.blocks):
+            p = f"blocks.{i}."
+            formats.update({p + "qkv_in": blk.qkv.operand.format, p + "q": "uniform", p + "k": "uniform",
+                            p + "v": "uniform", p + "probs": blk.pv.operand.format,
+                            p + "proj_in": blk.proj.operand.format, p + "residual_mid": f"int{RESIDUAL_BITS}",
+                            p + "fc1_in": blk.fc1.operand.format, p + "fc2_in": blk.fc2.operand.format,
+                            p + "residual_out": f"int{RESIDUAL_BITS}"})
+            for name, gemm in (("qkv_in", blk.qkv), ("fc1_in", blk.fc1)):
+                if gemm.operand.format == "ppoq":
+                    formats[p + name + "_outliers"] = "int16 outliers"
+        formats["head_in"] = self.head.operand.format
+        return formats
 
 
-def _to_codes(ratio: np.ndarray | float, q, name: str) -> Requant:
-    """Accumulator at ratio * s_out -> the activation quantizer's codes."""
-    _, zp, qmax = _act(q, name)
-    return _requant(ratio, zp, 0, qmax)
+# ------------------------------------------------------------------------------------- file format
+
+_CLASSES = {cls.__name__: cls for cls in (IntegerProgram, Block, Gemm, Matmul, Requant, UniformOperand, LogOperand,
+                                          TwinOperand, LayerNormConstants, SoftmaxConstants, GeluConstants,
+                                          UniformOutput, LogOutput, StepOutput)}
 
 
-def _to_residual(ratio: np.ndarray | float) -> Requant:
-    return _requant(ratio, 0, -RESIDUAL_MAX, RESIDUAL_MAX)
+def _encode(value: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
+    if isinstance(value, np.ndarray):
+        arrays[path] = value
+        return {"__array__": path}
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: _encode(getattr(value, f.name), arrays, f"{path}.{f.name}")
+                  for f in dataclasses.fields(value)}
+        return {"__type__": type(value).__name__, **fields}
+    if isinstance(value, list):
+        return [_encode(v, arrays, f"{path}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
 
 
-def _gemm(module: QuantLinear | QuantConv2d, name: str) -> tuple[Gemm, np.ndarray]:
-    """The weight layer as integers, with its accumulator scale s_in * s_w [N]."""
-    s_in, zp_in, qmax_in = _act(module.act_q, f"{name}.act_q")
-    s_w, zp_w, _ = _uniform(module.weight_q, "channel", f"{name}.weight_q")
-    with torch.no_grad():
-        codes = module.weight_q.quantize(module.weight.detach()).double().numpy().reshape(len(s_w), -1)
-    w = (codes - zp_w[:, None]).astype(np.int64)
-    acc_scale = s_in * s_w
-    b = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(len(s_w))
-    bias = _round_half_up(b / acc_scale).astype(np.int64)
-    if np.abs(bias).max() > INT32_MAX:
-        raise UnsupportedProgramError(f"{name}: bias does not fit int32 at the accumulator scale")
-    acc_max = check_int32(dense_bound((-zp_in, qmax_in - zp_in), w, bias=bias), name)
-    return Gemm(w.astype(np.int32), bias.astype(np.int32), zp_in, acc_max), acc_scale
+def _decode(value: Any, arrays: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__array__" in value:
+        return arrays[value["__array__"]]
+    cls = _CLASSES[value["__type__"]]
+    return cls(**{k: _decode(v, arrays) for k, v in value.items() if k != "__type__"})
 
 
-def _operand_bound(a: tuple[int, int], b: tuple[int, int], k: int, name: str, limit: int = INT32_MAX) -> int:
-    """Proven |A @ B^T| of two activation operands with inner dimension k."""
-    lo, hi = np.full((1, k), b[0]), np.full((1, k), b[1])
-    bound = check_int32(dense_bound(a, lo, hi), name)
-    if bound > limit:
-        raise UnsupportedProgramError(f"{name}: |acc| could reach {bound}, above {limit}")
-    return bound
+def save_program(program: IntegerProgram, path: str | Path) -> Path:
+    """Write the program to one .npz file (arrays + a JSON structure; no pickle), atomically."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    structure = {"format": FILE_FORMAT, "version": FILE_VERSION, "program": _encode(program, arrays, "p")}
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, __structure__=np.array(json.dumps(structure)), **arrays)
+    tmp.replace(path)
+    return path
 
 
-@torch.no_grad()
-def _residual_scales(qmodel: QuantModel, calib_batches: Iterable[torch.Tensor]) -> list[float]:
-    """Scale of each residual point: every block's input and mid sum, then the final norm's input."""
-    model = qmodel.model
-    points = [m for blk in model.blocks for m in (blk, blk.norm2)] + [model.norm]
-    maxima = [0.0] * len(points)
-
-    def hook(i: int):
-        def record(_module, inputs):
-            maxima[i] = max(maxima[i], float(inputs[0].abs().max()))
-        return record
-
-    handles = [p.register_forward_pre_hook(hook(i)) for i, p in enumerate(points)]
+def load_program(path: str | Path) -> IntegerProgram:
+    """Read a program written by `save_program`; a file of another kind is refused by name."""
+    path = Path(path)
     try:
-        for images in calib_batches:
-            model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return [RESIDUAL_HEADROOM * max(v, 1e-12) / RESIDUAL_MAX for v in maxima]
+        with np.load(path, allow_pickle=False) as data:
+            structure = json.loads(str(data["__structure__"]))
+            arrays = {key: data[key] for key in data.files if key != "__structure__"}
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: not an integer program file ({exc})") from None
+    if structure.get("format") != FILE_FORMAT or structure.get("version") != FILE_VERSION:
+        raise ValueError(f"{path}: not an integer program file of version {FILE_VERSION}")
+    return _decode(structure["program"], arrays)
 
 
-def _layernorm(norm: torch.nn.LayerNorm, in_scale: float, out_q, name: str) -> LayerNormConstants:
-    s, zp, qmax = _act(out_q, name)
-    return layernorm_constants(norm.normalized_shape[0], in_scale, norm.weight.detach().double().numpy(),
-                               norm.bias.detach().double().numpy(), norm.eps, RESIDUAL_BITS, s, zp,
-                               out_q.bits)
+# ------------------------------------------------------------------------------------------ listing
 
 
-def _gelu(acc_scale: float, out_q) -> GeluConstants:
-    def quantize(v: np.ndarray) -> np.ndarray:
-        return out_q.quantize(torch.from_numpy(v).float()).numpy()
-    return gelu_constants(acc_scale, quantize)
+def _rule(r: Requant) -> str:
+    shape = "x".join(map(str, r.m.shape)) if r.m.size > 1 else "tensor"
+    return f"dyadic[{shape}] -> [{r.lo}, {r.hi}]" + (f" zp {r.zero_point}" if r.zero_point else "")
 
 
-def _block(blk, i: int, tokens: int, s_res_in: float, s_mid: float, s_out: float) -> Block:
-    name = f"blocks.{i}"
-    attn, mlp = blk.attn, blk.mlp
-    if not isinstance(attn, QuantAttention) or not all(
-            isinstance(m, nn.Identity) for m in (blk.ls1, blk.ls2, attn.q_norm, attn.k_norm, attn.norm, mlp.norm)):
-        raise UnsupportedProgramError(f"{name}: only plain ViT blocks (no layer scale, no q/k norm) are supported")
-    qkv, qkv_scale = _gemm(attn.qkv, f"{name}.attn.qkv")
-    dim = attn.attn_dim
-    s_q, zp_q, max_q = _act(attn.q_q, f"{name}.attn.q_q")
-    s_k, zp_k, max_k = _act(attn.k_q, f"{name}.attn.k_q")
-    s_v, zp_v, max_v = _act(attn.v_q, f"{name}.attn.v_q")
-    s_p, zp_p, max_p = _act(attn.probs_q, f"{name}.attn.probs_q")
-    s_pin, _, _ = _act(attn.proj.act_q, f"{name}.attn.proj.act_q")
-    # Q.K^T sums over the head dimension, P.V over the tokens.
-    scores_max = _operand_bound((-zp_q, max_q - zp_q), (-zp_k, max_k - zp_k), attn.head_dim,
-                                f"{name}.attn.qk", SOFTMAX_INPUT_MAX)
-    pv_max = _operand_bound((-zp_p, max_p - zp_p), (-zp_v, max_v - zp_v), tokens, f"{name}.attn.pv")
-    proj, proj_scale = _gemm(attn.proj, f"{name}.attn.proj")
-    fc1, fc1_scale = _gemm(mlp.fc1, f"{name}.mlp.fc1")
-    fc2, fc2_scale = _gemm(mlp.fc2, f"{name}.mlp.fc2")
-    gelu_scale = float(fc1_scale.min())
-    gelu_ratio = fc1_scale / gelu_scale
-    if fc1.acc_max * gelu_ratio.max() > INT32_MAX:
-        raise UnsupportedProgramError(f"{name}.mlp: the GELU input could exceed int32 on the common scale")
-    return Block(
-        norm1=_layernorm(blk.norm1, s_res_in, attn.qkv.act_q, f"{name}.norm1"),
-        qkv=qkv,
-        to_q=_to_codes(qkv_scale[:dim] / s_q, attn.q_q, "q"),
-        to_k=_to_codes(qkv_scale[dim:2 * dim] / s_k, attn.k_q, "k"),
-        to_v=_to_codes(qkv_scale[2 * dim:] / s_v, attn.v_q, "v"),
-        heads=attn.num_heads,
-        q_zero_point=zp_q, k_zero_point=zp_k,
-        scores_max=scores_max,
-        softmax=softmax_constants(s_q * s_k * attn.scale, uniform_output(s_p, zp_p, attn.probs_q.bits,
-                                                                           EXP_ONE_BITS)),
-        probs_zero_point=zp_p, v_zero_point=zp_v,
-        pv_max=pv_max,
-        to_proj_in=_to_codes(s_p * s_v / s_pin, attn.proj.act_q, "proj_in"),
-        proj=proj,
-        attn_to_res=_to_residual(proj_scale / s_mid),
-        res_to_mid=_to_residual(s_res_in / s_mid),
-        norm2=_layernorm(blk.norm2, s_mid, mlp.fc1.act_q, f"{name}.norm2"),
-        fc1=fc1,
-        to_gelu=_requant(gelu_ratio, 0, -INT32_MAX, INT32_MAX),
-        gelu=_gelu(gelu_scale, mlp.fc2.act_q),
-        fc2=fc2,
-        mlp_to_res=_to_residual(fc2_scale / s_out),
-        mid_to_out=_to_residual(s_mid / s_out),
-    )
+def _operand_text(op: Operand) -> str:
+    if isinstance(op, LogOperand):
+        return f"log{op.base} codes (zero code {op.zero_code}) by shifts, E={op.frac_bits}"
+    if isinstance(op, TwinOperand):
+        return f"twin-{op.mode} codes: coarse << {op.shift} + fine"
+    zp = f"zp[{op.zero_point.size}]" if op.zero_point.size > 1 else f"zp {int(op.zero_point[0])}"
+    if op.outlier_shift >= 0:
+        return f"ppoq codes - {zp}, << {op.outlier_shift} + sparse int16 outliers"
+    return f"uniform codes - {zp}"
 
 
-def export(qmodel: QuantModel, calib_batches: Iterable[torch.Tensor]) -> IntegerProgram:
-    """The IntegerProgram of a calibrated ViT QuantModel; calib_batches set the residual scales."""
-    model = qmodel.model
-    if not isinstance(model, VisionTransformer) or model.global_pool != "token" or model.cls_token is None \
-            or not isinstance(model.fc_norm, nn.Identity) or not isinstance(model.norm_pre, nn.Identity) \
-            or model.no_embed_class or model.reg_token is not None:
-        raise UnsupportedProgramError("export supports timm ViT / DeiT with a class token and token pooling")
-    conv = model.patch_embed.proj
-    if not isinstance(conv, QuantConv2d) or conv.stride != conv.weight.shape[2:] or conv.padding != (0, 0) \
-            or conv.weight.shape[2] != conv.weight.shape[3]:
-        raise UnsupportedProgramError("patch embedding must be a square, non-overlapping convolution")
-    scales = _residual_scales(qmodel, calib_batches)
-    s0 = scales[0]
-    embed, embed_scale = _gemm(conv, "patch_embed.proj")
-    s_img, zp_img, qmax_img = _act(conv.act_q, "patch_embed.proj.act_q")
-    pos = model.pos_embed.detach().double().numpy()[0]
-    cls = model.cls_token.detach().double().numpy()[0, 0]
+def _gemm_text(name: str, g: Gemm) -> str:
+    n, k = g.weight.shape
+    bias = "per-token bias" if g.bias.ndim == 2 else "bias"
+    acc = f"|acc| <= {g.acc_max}" + (", saturated" if g.saturated else "")
+    return f"{name:<22} gemm {k}->{n}: {_operand_text(g.operand)}; int{_bits(g.weight)} weights, {bias}; {acc}"
 
-    def residual_codes(v: np.ndarray) -> np.ndarray:
-        return np.clip(_round_half_up(v / s0), -RESIDUAL_MAX, RESIDUAL_MAX).astype(np.int32)
 
-    tokens = pos.shape[0]
-    blocks = [_block(blk, i, tokens, scales[2 * i], scales[2 * i + 1], scales[2 * i + 2])
-              for i, blk in enumerate(model.blocks)]
-    head, head_scale = _gemm(model.head, "head")
-    return IntegerProgram(
-        image_scale=s_img, image_zero_point=zp_img, image_qmax=qmax_img, patch=int(conv.weight.shape[2]),
-        embed=embed, embed_to_res=_to_residual(embed_scale / s0),
-        cls_code=residual_codes(cls + pos[0]), pos_codes=residual_codes(pos[1:]),
-        blocks=blocks,
-        norm=_layernorm(model.norm, scales[-1], model.head.act_q, "norm"),
-        head=head, logit_scale=head_scale)
+def _bits(w: np.ndarray) -> int:
+    top = int(max(-w.min(initial=0), w.max(initial=0)))
+    return max(2, top.bit_length() + 1)
+
+
+def _norm_text(name: str, c: LayerNormConstants) -> str:
+    out = f"{c.out.qmax.bit_length()}-bit codes" + (f" per token [{c.out.m.size}]" if c.out.m.size > 1 else "")
+    outliers = f", outliers |acc| > {c.outlier_threshold} -> int16" if c.has_outliers else ""
+    return f"{name:<22} layernorm C={c.channels}, isqrt, F={c.frac_bits} -> {out}{outliers}"
+
+
+def _softmax_text(name: str, c: SoftmaxConstants) -> str:
+    kind = {UniformOutput: "uniform", LogOutput: "log (Q30 thresholds)", StepOutput: "step table (Q30)"}
+    return f"{name:<22} softmax: integer exp2 (Q30), one reciprocal per row -> {kind[type(c.out)]} codes"
+
+
+def describe(program: IntegerProgram) -> str:
+    """A readable op listing: one line per op with its formats, rules and proven bounds."""
+    p = program
+    dim = p.cls_code.size
+    lines = [f"IntegerProgram: {len(p.blocks)} blocks, {p.tokens} tokens, width {dim}, "
+             f"{p.logit_scale.size} classes, residual int{RESIDUAL_BITS}",
+             f"{'input':<22} image -> uniform codes (scale {p.image_scale:.6g}, zp {p.image_zero_point}, "
+             f"max {p.image_qmax}), {p.patch}x{p.patch} patches",
+             _gemm_text("patch_embed", p.embed),
+             f"{'embed_to_res':<22} {_rule(p.embed_to_res)}; + position codes, class token code"]
+    for i, b in enumerate(p.blocks):
+        n = f"blocks.{i}."
+        lines += [_norm_text(n + "norm1", b.norm1), _gemm_text(n + "attn.qkv", b.qkv),
+                  f"{n + 'attn.to_q/k/v':<22} {_rule(b.to_q)}",
+                  f"{n + 'attn.qk':<22} Q.K^T x {b.heads} heads: {_operand_text(b.qk.operand)}; "
+                  f"|acc| <= {b.qk.acc_max}",
+                  _softmax_text(n + "attn.softmax", b.softmax),
+                  f"{n + 'attn.pv':<22} P.V: {_operand_text(b.pv.operand)}; |acc| <= {b.pv.acc_max}"
+                  + (", saturated" if b.pv.saturated else ""),
+                  f"{n + 'attn.to_proj_in':<22} {_rule(b.to_proj_in)}",
+                  _gemm_text(n + "attn.proj", b.proj),
+                  f"{n + 'residual add':<22} {_rule(b.res_to_mid)} + {_rule(b.attn_to_res)}",
+                  _norm_text(n + "norm2", b.norm2), _gemm_text(n + "mlp.fc1", b.fc1),
+                  f"{n + 'mlp.to_gelu':<22} {_rule(b.to_gelu)}",
+                  f"{n + 'mlp.gelu':<22} step table, {b.gelu.thresholds.size} breakpoints -> codes "
+                  f"[{int(b.gelu.codes.min())}, {int(b.gelu.codes.max())}]",
+                  _gemm_text(n + "mlp.fc2", b.fc2),
+                  f"{n + 'residual add':<22} {_rule(b.mid_to_out)} + {_rule(b.mlp_to_res)}"]
+    lines += [_norm_text("norm", p.norm) + " (class token only)", _gemm_text("head", p.head),
+              f"{'logits':<22} accumulator x float scale per class (reporting only)"]
+    return "\n".join(lines)

@@ -26,6 +26,16 @@ Sparse outlier path (DESIGN item 5, PPOQ): outliers are (row t, column c, int16 
 token's step / 2**shift; the dense A holds 0 there. With the dense products on the coarser step:
   acc = ((A @ W^T) << shift) + sum over outliers of o * W[n, c] (into row t) + bias[n]
 The bias is added last, at the scale of the final accumulator (step * 2**-shift * weight scale).
+The dense part is an int32 accumulator of its own (proven bound); the outlier part is summed in int64
+(explicitly widened: any number of a row's elements may be outliers); the int64 total is saturated to
++-(2**31 - 1) (`saturate`), which export proves never changes the consumer's codes.
+
+Twin-uniform operands (PTQ4ViT): codes of b bits, H = 2**(b-1), two uniform ranges with steps D2
+(coarse) and D1 = D2 / 2**shift (fine). `twin_levels` splits the codes into two level operands:
+  mode softmax: code c < H is the fine level c, c >= H the coarse level c - H;
+  mode gelu:    the code read as a signed b-bit integer l: l >= 0 is a coarse level, l < 0 a fine one;
+  acc = (coarse @ W^T << shift) + fine @ W^T + bias, each product an int32 accumulator, the sum in
+  int64, saturated.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import numpy as np
 
 from adfq_sim.intsim.dyadic import dyadic, requantize
 
+SATURATION = (1 << 31) - 1  # a saturated accumulator is clamped to [-SATURATION, SATURATION]
 INV_SQRT2 = dyadic(math.sqrt(0.5))  # (m, s): the sqrt2 constant applied once to the odd accumulator
 LOG_BASES = ("2", "sqrt2")  # the LogQuantizer base names
 _I16, _I32, _I64 = np.iinfo(np.int16), np.iinfo(np.int32), np.iinfo(np.int64)
@@ -138,3 +149,19 @@ def dense_with_outliers(a: np.ndarray, w: np.ndarray, rows: np.ndarray, cols: np
     check_outlier_gemm(a, w, shift)
     acc = (dense_gemm(a, w) << shift) + outlier_gemm(rows, cols, codes, w, a.shape[0])
     return _with_bias(acc, bias)
+
+
+def saturate(acc: np.ndarray) -> np.ndarray:
+    """The int64 sum of an accumulator's parts, clamped to [-SATURATION, SATURATION]."""
+    return np.clip(np.asarray(acc, np.int64), -SATURATION, SATURATION)
+
+
+def twin_levels(codes: np.ndarray, mode: str, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coarse, fine) int64 level operands of twin-uniform codes; the other range holds 0."""
+    c = np.asarray(codes, np.int64)
+    if mode == "softmax":
+        return np.where(c >= half, c - half, 0), np.where(c < half, c, 0)
+    if mode == "gelu":
+        level = np.where(c < half, c, c - 2 * half)
+        return np.maximum(level, 0), np.minimum(level, 0)
+    raise ValueError(f"unknown twin-uniform mode {mode!r}")

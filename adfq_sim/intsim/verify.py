@@ -19,10 +19,12 @@ CodesLike = Mapping[str, "np.ndarray | torch.Tensor"]
 
 @dataclass(frozen=True)
 class LayerReport:
-    """One quantized tensor: op (e.g. "blocks.3", "" at model level), tensor ("q"), and the comparison."""
+    """One quantized tensor: op (e.g. "blocks.3", "" at model level), tensor ("q"), its format, and the
+    comparison."""
 
     op: str
     tensor: str
+    format: str
     elements: int
     mismatches: int
     max_abs_diff: int
@@ -42,8 +44,9 @@ def _int64(codes: np.ndarray | torch.Tensor) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def verify(codes_a: CodesLike, codes_b: CodesLike) -> list[LayerReport]:
-    """Compare two codes dicts tensor by tensor, in codes_a's (execution) order."""
+def verify(codes_a: CodesLike, codes_b: CodesLike, formats: Mapping[str, str] | None = None) -> list[LayerReport]:
+    """Compare two codes dicts tensor by tensor, in codes_a's (execution) order; `formats` names each
+    tensor's format (`IntegerProgram.tensor_formats`), "-" where not given."""
     if set(codes_a) != set(codes_b):
         raise ValueError(f"the executions recorded different tensors: only in a {sorted(set(codes_a) - set(codes_b))},"
                          f" only in b {sorted(set(codes_b) - set(codes_a))}")
@@ -54,7 +57,7 @@ def verify(codes_a: CodesLike, codes_b: CodesLike) -> list[LayerReport]:
             raise ValueError(f"{name}: shapes differ, {a.shape} vs {b.shape}")
         diff = np.abs(a - b)
         op, _, tensor = name.rpartition(".")
-        reports.append(LayerReport(op, tensor, int(a.size), int((diff != 0).sum()),
+        reports.append(LayerReport(op, tensor, (formats or {}).get(name, "-"), int(a.size), int((diff != 0).sum()),
                                    int(diff.max()) if diff.size else 0))
     return reports
 
@@ -66,13 +69,14 @@ def total_mismatches(reports: Sequence[LayerReport]) -> int:
 
 def format_table(reports: Sequence[LayerReport]) -> str:
     """A fixed-width table, one row per tensor, and a total line."""
-    header = ("op", "tensor", "elements", "mismatches", "max |diff|")
-    rows = [(r.op or "-", r.tensor, str(r.elements), str(r.mismatches), str(r.max_abs_diff)) for r in reports]
-    rows.append(("total", "", str(sum(r.elements for r in reports)), str(total_mismatches(reports)),
+    header = ("op", "tensor", "format", "elements", "mismatches", "max |diff|")
+    rows = [(r.op or "-", r.tensor, r.format, str(r.elements), str(r.mismatches), str(r.max_abs_diff))
+            for r in reports]
+    rows.append(("total", "", "", str(sum(r.elements for r in reports)), str(total_mismatches(reports)),
                  str(max((r.max_abs_diff for r in reports), default=0))))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        return "  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
