@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from tqdm import tqdm
 
 
 @torch.no_grad()
-def collect_logits(model: torch.nn.Module, batches: Iterable, total: int | None, desc: str
-                   ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """All eval logits (float64, for stable metrics) and labels (None for unlabelled data)."""
+def collect_logits(model: torch.nn.Module, batches: Iterable, total: int | None, desc: str,
+                   also: Optional[Callable[[torch.Tensor], None]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """All eval logits (float64, for stable metrics) and labels (None for unlabelled data); `also` is
+    called on every batch of images too (another model reading the same pass)."""
     logits, labels = [], []
     for images, batch_labels in tqdm(batches, total=total, desc=desc, unit="batch", disable=None, leave=False):
+        if also is not None:
+            also(images)
         out = model(images)
         if not torch.isfinite(out).all():
             raise FloatingPointError(f"{desc}: non-finite logits")

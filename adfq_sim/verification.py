@@ -2,7 +2,7 @@
 with the integer-faithful PyTorch mode (the bar: zero mismatched codes).
 
 `adfq-sim verify` writes `<out>/<name>/verify.json` atomically (beside a run's results, without
-touching them) and each exported program with its op listing as `programs/<method>_<bits>.npz / .txt`; `adfq-sim run` adds `integer_evaluation` to each results entry. A (method, bits) whose
+touching them) and each exported program with its op listing as `programs/<method>_<bits>.npz / .txt`; `adfq-sim run` adds `integer_evaluation` to each results entry (`IntegerRun`). A (method, bits) whose
 quantizers the exporter cannot express yet is reported as not exported, with the reason; it is not
 counted as a mismatch.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -53,26 +53,41 @@ def compare_codes(program: IntegerProgram, images: torch.Tensor) -> tuple[list[L
     return verify(simulated, faithful, program.tensor_formats()), outliers
 
 
-def integer_evaluation(qmodel: QuantModel, calib: list[torch.Tensor], eval_batches: Iterable[torch.Tensor],
-                       q_logits: torch.Tensor, labels: torch.Tensor | None, verify_images: int,
-                       label: str) -> dict:
-    """Integer-simulator top-1 and agreement with the (paper-style) fake-quant, plus the verification
-    summary on the first `verify_images` eval images."""
-    program, entry = _export(qmodel, calib, label)
-    if program is None:
-        return entry
-    logits, verified = [], []
-    for images in eval_batches:
-        logits.append(torch.as_tensor(run_simulator(program, images)[0], dtype=torch.float64))
-        verified.append(images[:verify_images - sum(map(len, verified))])
-    logits, verified = torch.cat(logits), torch.cat(verified)
-    reports, outliers = compare_codes(program, verified)
-    mismatches = total_mismatches(reports)
-    log.info("%s: integer simulator top1 %s; %d mismatched codes against the integer-faithful mode "
-             "over %d tensors", label, fmt(top1(logits, labels)), mismatches, len(reports))
-    return {**entry, "top1": top1(logits, labels), "agreement_with_fake_quant": agreement(logits, q_logits),
-            "verify": {"images": len(verified), "tensors": len(reports), "mismatches": mismatches,
-                       "outliers": outliers}}
+class IntegerRun:
+    """The integer simulator riding along the fake-quant evaluation pass (one read of the eval set feeds
+    both): call it on each eval batch, then `summary` gives the `integer_evaluation` entry."""
+
+    def __init__(self, qmodel: QuantModel, calib: list[torch.Tensor], verify_images: int, label: str) -> None:
+        start = time.perf_counter()
+        self.program, self.entry = _export(qmodel, calib, label)
+        self.verify_images, self.label = verify_images, label
+        self.logits: list[torch.Tensor] = []
+        self.verified: list[torch.Tensor] = []
+        self.seconds = time.perf_counter() - start
+
+    def __call__(self, images: torch.Tensor) -> None:
+        if self.program is None:
+            return
+        start = time.perf_counter()
+        self.logits.append(torch.as_tensor(run_simulator(self.program, images)[0], dtype=torch.float64))
+        self.verified.append(images[:self.verify_images - sum(map(len, self.verified))])
+        self.seconds += time.perf_counter() - start
+
+    def summary(self, q_logits: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        """Integer-simulator top-1 and agreement with the (paper-style) fake-quant, plus the verification
+        summary on the first `verify_images` eval images."""
+        if self.program is None:
+            return self.entry
+        start = time.perf_counter()
+        logits, verified = torch.cat(self.logits), torch.cat(self.verified)
+        reports, outliers = compare_codes(self.program, verified)
+        mismatches = total_mismatches(reports)
+        log.info("%s: integer simulator top1 %s; %d mismatched codes against the integer-faithful mode "
+                 "over %d tensors", self.label, fmt(top1(logits, labels)), mismatches, len(reports))
+        self.seconds += time.perf_counter() - start
+        return {**self.entry, "top1": top1(logits, labels), "agreement_with_fake_quant": agreement(logits, q_logits),
+                "verify": {"images": len(verified), "tensors": len(reports), "mismatches": mismatches,
+                           "outliers": outliers}}
 
 
 def _save(program: IntegerProgram, stem: Path) -> None:
