@@ -45,7 +45,7 @@ EXIT_MISMATCH = 1
 def _cmd_verify(args: argparse.Namespace) -> int:
     from adfq_sim.verification import run_verification
 
-    path, mismatches = run_verification(_config(args))
+    path, mismatches = run_verification(_config(args), args.program)
     print(path)
     if mismatches:
         print(f"adfq-sim: {mismatches} mismatched codes between the simulator and the integer-faithful "
@@ -97,11 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                          description="For every (method, bits) of the config: calibrate, export the "
                                      "IntegerProgram, run the Numba simulator and the integer-faithful "
                                      "PyTorch mode on verify.images eval images, print a per-tensor table "
-                                     "of mismatched codes and write <out>/<name>/verify.json. Exit status 1 "
-                                     "on any mismatch. Today the exporter covers the uniform methods "
-                                     "(minmax, percentile) on ViT/DeiT; other methods are listed as not "
-                                     "exported.")
+                                     "of mismatched codes and write <out>/<name>/verify.json and each "
+                                     "program with its op listing under programs/. With --program, verify "
+                                     "that saved program on the config's data instead. Exit status 1 on "
+                                     "any mismatch.")
     _experiment_arguments(ver)
+    ver.add_argument("--program", type=Path, metavar="FILE",
+                     help="a saved IntegerProgram (.npz, e.g. from a previous verify's programs/) to verify "
+                          "instead of calibrating the config's methods")
     ver.set_defaults(func=_cmd_verify)
 
     train = sub.add_parser("train-demo", help="retrain the embedded demo ViT deterministically",

@@ -20,11 +20,12 @@ import torch
 
 from adfq_sim.config import Config, parse_bits
 from adfq_sim.data.sources import build_data_source
-from adfq_sim.intsim.execute import run_simulator
-from adfq_sim.intsim.faithful import run_faithful
+from adfq_sim.errors import UserInputError
 from adfq_sim.evaluate import agreement, fmt, top1
+from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.export import export
-from adfq_sim.intsim.program import IntegerProgram, UnsupportedProgramError, describe, save_program
+from adfq_sim.intsim.faithful import run_faithful
+from adfq_sim.intsim.program import IntegerProgram, UnsupportedProgramError, describe, load_program, save_program
 from adfq_sim.intsim.verify import LayerReport, format_table, total_mismatches, verify
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
@@ -116,16 +117,39 @@ def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, cal
             "layers": [r.as_dict() for r in reports]}
 
 
-def run_verification(cfg: Config) -> tuple[Path, int]:
-    """Verify every configured (method, bits); returns verify.json's path and the total mismatches."""
+def _verify_saved(path: Path, images: torch.Tensor) -> dict:
+    """Verify a program file (from a previous `verify`) on the config's eval images."""
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such program file")
+    try:
+        program = load_program(path)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+    side = int(round((program.tokens - 1) ** 0.5)) * program.patch
+    if tuple(images.shape[2:]) != (side, side):
+        raise UserInputError(f"{path}: the program takes {side}x{side} images, the config's data gives "
+                             f"{images.shape[2]}x{images.shape[3]}")
+    reports, outliers = compare_codes(program, images)
+    log.info("%s: simulator vs integer-faithful fake-quant (%d outliers on the sparse path)\n%s", path,
+             outliers["count"], format_table(reports))
+    return {"program": str(path), "exported": True, "images": len(images), "mismatches": total_mismatches(reports),
+            "outliers": outliers, "layers": [r.as_dict() for r in reports]}
+
+
+def run_verification(cfg: Config, program: Path | None = None) -> tuple[Path, int]:
+    """Verify every configured (method, bits), or the saved `program` on the config's data; returns
+    verify.json's path and the total mismatches."""
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg.model)
     data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)
-    calib = [images for images, _ in data.batches("calib", cfg.data.batch_size)]
     images = torch.cat([images for images, _ in data.batches("eval", cfg.data.batch_size)])[:cfg.verify.images]
     folder = Path(cfg.out) / cfg.name
-    entries = [_verify_one(loaded.model, cfg, method, bits, calib, images, folder / "programs")
-               for bits in cfg.quant.bits for method in cfg.quant.methods]
+    if program is not None:
+        entries = [_verify_saved(program, images)]
+    else:
+        calib = [images for images, _ in data.batches("calib", cfg.data.batch_size)]
+        entries = [_verify_one(loaded.model, cfg, method, bits, calib, images, folder / "programs")
+                   for bits in cfg.quant.bits for method in cfg.quant.methods]
     mismatches = sum(e.get("mismatches", 0) for e in entries)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "verify.json"

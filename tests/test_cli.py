@@ -126,3 +126,13 @@ def test_verify_command_reports_zero_mismatches(tmp_path: Path) -> None:
     for entry in (minmax, adfq):  # each program is saved with its op listing
         stem = tmp_path / "out" / "v" / "programs" / f"{entry['method']}_w8a8"
         assert stem.with_suffix(".npz").is_file() and "IntegerProgram" in stem.with_suffix(".txt").read_text()
+
+    # A saved program verifies on its own (the config gives the data), and a bad file is one line, exit 2.
+    saved = tmp_path / "out" / "v" / "programs" / "adfq_w8a8.npz"
+    proc = _cli("verify", "--config", "v.yaml", "--out", "again", "--program", str(saved), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (entry,) = json.loads((tmp_path / "again" / "v" / "verify.json").read_text())["results"]
+    assert entry["program"] == str(saved) and entry["mismatches"] == 0 and entry["outliers"]["count"] > 0
+    proc = _cli("verify", "--config", "v.yaml", "--program", "v.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "v.yaml: not an integer program file" in proc.stderr
