@@ -1,9 +1,11 @@
 """GMAC/s of the integer GEMM kernels against a PyTorch FP32 matmul, on DeiT-Small shapes (batch 8).
 
-In one process: the dense kernel for each operand storage (A/W as int8 or int16, int8-valued codes),
-torch FP32 on the same shapes, the log-shift kernel on softmax.V (batch x heads groups) and on fc2, and
-the sparse outlier kernel at 1% outlier density on fc1. The last line is `ratio: X`, the dense kernel's
-GMAC/s (A int16, W int8: what the simulator stores) over torch FP32's on fc1.
+In one process, round-robin: the dense kernel for each operand storage (A/W as int8 or int16, int8-valued
+codes; the VNNI path where the CPU has it), the portable path alone (VNNI off), `dense_requant` (the GEMM
+with its per-channel requantization epilogue), torch FP32 on the same shapes, the log-shift kernel on
+softmax.V (batch x heads groups) and on fc2, and the sparse outlier kernel at 1% outlier density on fc1.
+The last line is `ratio: X`, the dense kernel's GMAC/s (A int16, W int8: what the simulator stores) over
+torch FP32's on fc1.
 
     python benchmarks/gemm_speed.py [--reps 10]
 """
@@ -38,6 +40,17 @@ def best_seconds(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, f
     return best
 
 
+def portable(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn with the VNNI path switched off: the int16 dot-product kernel every CPU runs."""
+    def run() -> object:
+        saved, kernels.VNNI = kernels.VNNI, False
+        try:
+            return fn()
+        finally:
+            kernels.VNNI = saved
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
@@ -45,7 +58,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     m = BATCH * TOKENS
     print(f"DeiT-S shapes, {m} rows (batch {BATCH} x {TOKENS} tokens), best of {reps}, torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}, VNNI {kernels.VNNI}")
     fc1 = {}
     for name, (k, n) in LINEAR_SHAPES.items():
         macs = m * k * n
@@ -55,10 +68,14 @@ def main() -> None:
         fns = {"torch": lambda: x @ wf.T}
         for label, (a_type, w_type) in STORAGES.items():
             fns[label] = lambda ai=a.astype(a_type), wi=w.astype(w_type): kernels.dense_gemm(ai, wi)
+        a16, w8 = a.astype(np.int16), w.astype(np.int8)
+        fns["portable A int16 x W int8"] = portable(lambda: kernels.dense_gemm(a16, w8))
+        scale_m, scale_s = rng.integers(1 << 30, 1 << 31, n), rng.integers(40, 48, n)
+        fns["requant A int16 x W int8"] = lambda: kernels.dense_requant(a16, w8, None, scale_m, scale_s, 128, 0, 255)
         rates = {label: macs / seconds / 1e9 for label, seconds in best_seconds(fns, reps).items()}
         print(f"{name:4s} {m}x{k}x{n}  torch FP32 {rates['torch']:7.1f} GMAC/s")
-        for label in STORAGES:
-            print(f"{name:4s}   dense {label:17s} {rates[label]:7.1f} GMAC/s   "
+        for label in [label for label in fns if label != "torch"]:
+            print(f"{name:4s}   dense {label:26s} {rates[label]:7.1f} GMAC/s   "
                   f"ratio to torch {rates[label] / rates['torch']:5.2f}")
         if name == "fc1":
             fc1 = {"torch": rates["torch"], "kernel": rates["A int16 x W int8"]}

@@ -1,15 +1,20 @@
-"""Integer GEMM kernels: Numba == int64 reference bit for bit, and the accumulator bounds hold and are tight."""
+"""Integer GEMM kernels (and GELU's step lookup): Numba == int64 reference bit for bit, on the VNNI and the
+portable paths, and the accumulator bounds hold and are tight."""
 
 from __future__ import annotations
 
+from unittest import mock
+
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adfq_sim.intsim import kernels, reference
+from adfq_sim.intsim import kernels, nonlinear, nonlinear_reference, reference
 from adfq_sim.intsim.bounds import (INT32_MAX, AccBound, AccumulatorOverflowError, check_int32, dense_bound,
                                     log_shift_bound)
+from adfq_sim.intsim.dyadic import requantize
 from adfq_sim.quant.ppoq import OUTLIER_CODE_MAX, OUTLIER_CODE_MIN
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -44,10 +49,16 @@ shapes = st.tuples(st.sampled_from([0, 1, 3]), st.integers(1, 37), st.integers(1
                    st.booleans())
 
 
+# dense shapes: N past one and two VNNI tiles (64 columns), K not a multiple of 4, M not one of TILE_ROWS
+dense_shapes = st.tuples(st.sampled_from([0, 1, 3]), st.integers(1, 37), st.integers(1, 140), st.integers(1, 90),
+                         st.booleans())
+
+
 @SETTINGS
-@given(shape=shapes, a_bits=st.integers(2, 8), w_bits=st.integers(2, 8), a_signed=st.booleans(),
-       w_signed=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_dense_kernel_equals_reference(shape, a_bits, w_bits, a_signed, w_signed, with_bias, seed) -> None:
+@given(shape=dense_shapes, a_bits=st.integers(2, 8), w_bits=st.integers(2, 8), a_signed=st.booleans(),
+       w_signed=st.booleans(), with_bias=st.booleans(), portable=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_dense_kernel_equals_reference(shape, a_bits, w_bits, a_signed, w_signed, with_bias, portable,
+                                       seed) -> None:
     groups, m, n, k, shared = shape
     per_group = bool(groups) and not shared
     rng = np.random.default_rng(seed)
@@ -56,12 +67,132 @@ def test_dense_kernel_equals_reference(shape, a_bits, w_bits, a_signed, w_signed
     a = worstish(rng, a_lo, a_hi, ((groups,) if groups else ()) + (m, k), storage(a_lo, a_hi, rng))
     w = worstish(rng, w_lo, w_hi, ((groups,) if per_group else ()) + (n, k), storage(w_lo, w_hi, rng))
     bias = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32) if with_bias else None
-    got, want = kernels.dense_gemm(a, w, bias), reference.dense_gemm(a, w, bias)
+    with mock.patch.object(kernels, "VNNI", kernels.VNNI and not portable):
+        got = kernels.dense_gemm(a, w, bias)
+    want = reference.dense_gemm(a, w, bias)
     assert got.dtype == np.int32 and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
     bound = dense_bound((a_lo, a_hi), np.full((1, k), w_lo), np.full((1, k), w_hi), bias) if per_group else \
         dense_bound((a_lo, a_hi), w, None, bias)
     assert_within(want, bound)
+
+
+def shifted_operands(rng: np.random.Generator, groups: int, m: int, n: int, k: int, wide: bool):
+    """A with values spanning 256 integers anywhere in int16 (8-bit codes minus any zero-point), W [N, K]
+    whose rows span 256 integers each around their own centre (per-channel zero-points), int16; `wide`
+    stretches one row of A or W past 256 (the portable path)."""
+    a_lo = int(rng.integers(-600, 400))
+    a = worstish(rng, a_lo, a_lo + 255, ((groups,) if groups else ()) + (m, k), np.int16)
+    centre = rng.integers(-300, 300, (n, 1))
+    w = (centre + worstish(rng, -128, 127, (n, k), np.int64)).astype(np.int16)
+    if wide and rng.random() < 0.5:
+        a.reshape(-1, k)[0, 0] = a_lo + 256
+    elif wide:
+        w[0, 0] = centre[0, 0] + 300
+    return a, w
+
+
+@SETTINGS
+@given(shape=dense_shapes, wide=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_dense_kernel_shifts_operands_exactly(shape, wide, with_bias, seed) -> None:
+    """Operands outside uint8 / int8 but spanning 256 values: the VNNI path's shifts fold back exactly."""
+    groups, m, n, k, _ = shape
+    rng = np.random.default_rng(seed)
+    a, w = shifted_operands(rng, groups, m, n, k, wide)
+    bias = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32) if with_bias else None
+    np.testing.assert_array_equal(kernels.dense_gemm(a, w, bias), reference.dense_gemm(a, w, bias))
+
+
+@SETTINGS
+@given(shape=dense_shapes, rule_shape=st.sampled_from(["tensor", "channel", "token", "token x channel"]),
+       wide=st.booleans(), portable=st.booleans(), bits=st.integers(2, 8), seed=st.integers(0, 2**32 - 1))
+def test_dense_requant_equals_reference(shape, rule_shape, wide, portable, bits, seed) -> None:
+    """Per tensor [1], channel [N], token [T, 1] or token x channel [T, N] (row r uses rule row r % T)."""
+    groups, m, n, k, _ = shape
+    rng = np.random.default_rng(seed)
+    a, w = shifted_operands(rng, groups, m, n, k, wide)
+    bias = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32)
+    tokens = int(rng.integers(1, 8))
+    rule = {"tensor": (1,), "channel": (n,), "token": (tokens, 1), "token x channel": (tokens, n)}[rule_shape]
+    acc = reference.dense_gemm(a, w, bias).reshape(-1, n)
+    ms = rng.integers(1 << 30, 1 << 31, rule)
+    # acc * m >> s spans about the code range: mostly distinct codes per rule, a few clamped
+    ss = int(np.abs(acc).max()).bit_length() + 31 - bits + rng.integers(-2, 3, rule)
+    zero_point, lo, hi = int(rng.integers(0, 1 << bits)), 0, (1 << bits) - 1
+    with mock.patch.object(kernels, "VNNI", kernels.VNNI and not portable):
+        got = kernels.dense_requant(a, w, bias, ms, ss, zero_point, lo, hi)
+    row_rule = np.arange(len(acc)) % tokens if len(rule) == 2 else slice(None)
+    want = requantize(acc, ms[row_rule], ss[row_rule], lo - zero_point, hi - zero_point) + zero_point
+    assert got.dtype == np.int32 and got.shape == a.shape[:-1] + (n,)
+    np.testing.assert_array_equal(got.reshape(-1, n), want)
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_dense_requant_per_token_rules_run_on_across_groups(portable: bool) -> None:
+    """Row r of the [G * M, N] output uses rule row r % T, also when M is not a multiple of T."""
+    rng = np.random.default_rng(4)
+    a, w = rng.integers(-8, 8, (3, 5, 16)).astype(np.int16), rng.integers(-8, 8, (70, 16)).astype(np.int8)
+    ms, ss = rng.integers(1 << 30, 1 << 31, (3, 70)), np.full((3, 70), 36)
+    with mock.patch.object(kernels, "VNNI", kernels.VNNI and not portable):
+        got = kernels.dense_requant(a, w, None, ms, ss, 8, 0, 15)
+    rows = np.arange(15) % 3
+    want = requantize(reference.dense_gemm(a, w).reshape(15, 70), ms[rows], ss[rows], -8, 7) + 8
+    np.testing.assert_array_equal(got.reshape(15, 70), want)
+
+
+def test_dense_requant_refuses_bad_rules() -> None:
+    a, w = np.zeros((4, 5), np.int16), np.zeros((3, 5), np.int8)
+    with pytest.raises(ValueError, match="m and s"):
+        kernels.dense_requant(a, w, None, np.ones(2, np.int64), np.ones(2, np.int64), 0, 0, 15)
+    with pytest.raises(ValueError, match="m and s"):
+        kernels.dense_requant(a, w, None, np.ones(3, np.int64), np.ones(1, np.int64), 0, 0, 15)
+    with pytest.raises(ValueError, match="m and s"):
+        kernels.dense_requant(a, w, None, np.ones((2, 2), np.int64), np.ones((2, 2), np.int64), 0, 0, 15)
+
+
+@pytest.mark.skipif(not kernels.VNNI, reason="Numba's target has no AVX-512 VNNI")
+def test_vnni_tile_is_vpdpbusd_with_its_correction_terms() -> None:
+    """One tile, one step: out[r, c] = sum_q A[r, q] W[c, q] + col[c] + row[r] * scale[c], by vpdpbusd."""
+    rng = np.random.default_rng(0)
+    rows, cols = kernels.TILE_ROWS, kernels.TILE_COLS
+    a = rng.integers(0, 256, (rows, 4)).astype(np.uint8)
+    w = rng.integers(-128, 128, (cols, 4)).astype(np.int8)
+    col, scale = rng.integers(-1000, 1000, (2, cols)).astype(np.int32)
+    row = rng.integers(-1000, 1000, rows).astype(np.int32)
+    out = np.zeros((rows, cols), np.int32)
+
+    @numba.njit
+    def tile(a, w, col, scale, row, out):
+        kernels._vnni_tile(a, 0, 4, w, 0, 1, col, scale, 0, row, 0, out, 0, out.shape[1])
+
+    tile(a, w.reshape(1, -1), col, scale, row, out)
+    want = a.astype(np.int64) @ w.T.astype(np.int64) + col + row[:, None].astype(np.int64) * scale
+    np.testing.assert_array_equal(out, want)
+    assert "vpdpbusd" in tile.inspect_asm(tile.signatures[0])
+
+
+i32 = np.iinfo(np.int32)
+thresholds_spans = st.sampled_from([40, 5000, nonlinear.GELU_TABLE_MAX - 2, nonlinear.GELU_TABLE_MAX, 1 << 31,
+                                    1 << 36])
+
+
+@SETTINGS
+@given(count=st.integers(0, 40), span=thresholds_spans, duplicates=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_gelu_equals_reference_on_every_step(count, span, duplicates, seed) -> None:
+    """Sorted thresholds (repeated, past int32, spanning the code table's limit or far more): the table
+    and the binary search both give codes[#{thresholds <= acc}] at each step's edges and at int32's ends."""
+    rng = np.random.default_rng(seed)
+    start = int(rng.integers(-span, span // 4 + 1))
+    thresholds = np.sort(rng.integers(start, start + span, count, endpoint=True))
+    if duplicates and count:
+        thresholds = np.sort(np.concatenate([thresholds, thresholds[rng.integers(0, count, 3)]]))
+    codes = rng.integers(-300, 300, thresholds.size + 1).astype(np.int32)
+    consts = nonlinear_reference.GeluConstants(thresholds=thresholds.astype(np.int64), codes=codes)
+    edges = (thresholds[:, None] + np.arange(-2, 3)).ravel()
+    acc = np.concatenate([edges, rng.integers(start - 10, start + span + 10, 2000), [i32.min, i32.max, 0]])
+    acc = np.clip(acc, i32.min, i32.max).astype(np.int32).reshape(-1, 1)
+    np.testing.assert_array_equal(nonlinear.gelu(acc, consts), nonlinear_reference.gelu(acc, consts))
 
 
 def random_outliers(rng: np.random.Generator, m: int, k: int, count: int):

@@ -1,29 +1,51 @@
 """The integer GEMMs of the simulator as parallel Numba kernels with int32 accumulators.
 
 Same functions, same semantics as `reference` (read its docstring for the rules); results are int32.
-Accumulation is int32 everywhere, which is what makes the loops vectorise (vpmaddwd on AVX-512):
-callers must have proven the layer's bound with `bounds.check_int32` first (export does, per layer).
-An unchecked overflow wraps here and differs from the int64 reference, which is how tests would see it.
+Accumulation is int32 everywhere: callers must have proven the layer's bound with `bounds.check_int32`
+first (export does, per layer). An unchecked overflow wraps here and differs from the int64 reference,
+which is how tests would see it.
 
-Storage: int8 and int16 operands are taken as they are, other integer dtypes are narrowed to int16
-(their values must fit). Store A as int16 (codes minus a zero-point need 9 bits at 8-bit) and W as
-int8 when its codes fit: measured interleaved on the DeiT-S shapes (`benchmarks/gemm_speed.py`),
-int16 x int8 runs as fast as int16 x int16 (within 5%, at half the weight bytes), and 15-25% faster
-than int8 x int8, whose two sign extensions per step cost more than the halved loads save.
+Dense GEMM, two paths. With AVX-512 VNNI on Numba's target (`VNNI`), when A's values span at most 256
+integers and so do each row of W's, A is shifted into uint8 and W's rows into int8 and multiplied by
+vpdpbusd (64 MACs per instruction; LLVM never forms it from a loop, so `_vnni_tile` emits it), the
+shifts folded back as correction terms. int32 arithmetic is modular, so every wrapped intermediate
+cancels and the result is exact whenever the true one fits int32: measured 4-5x the portable path and
+about 4x PyTorch FP32 on the DeiT-S shapes (`benchmarks/gemm_speed.py`). Otherwise the portable path:
+int8 / int16 operands as they are, other integer dtypes narrowed to int16 (their values must fit), dot
+products that LLVM vectorises to vpmaddwd; int16 x int8 measured as fast as int16 x int16 and faster
+than int8 x int8 there.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core.codegen import get_host_cpu_features
+from numba.extending import intrinsic
 
 from adfq_sim.intsim.dyadic import requantize_one
 from adfq_sim.intsim.reference import (INV_SQRT2, check_bias, check_log_args, check_outlier_gemm, check_outliers,
                                        gemm_shapes)
 
 ROW_BLOCK = 8  # rows of A sharing each row of W while it is hot in L1
+TILE_ROWS, TILE_PANELS = 4, 4  # VNNI tile: rows of A x 16-column panels of W, 16 zmm accumulators
+TILE_COLS = 16 * TILE_PANELS  # (measured: 4x4, 6x4, 8x3, 4x6 within 5%; 64 columns pad DeiT's N least)
 _I64_MIN, _I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+_I16 = np.iinfo(np.int16)
+
+
+def _target_has_vnni() -> bool:
+    """Whether Numba compiles for AVX-512 VNNI: its features are NUMBA_CPU_FEATURES when set (none for
+    NUMBA_CPU_NAME=generic), else the host's."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = get_host_cpu_features()
+    return {"+avx512f", "+avx512bw", "+avx512vnni"} <= set(features.split(","))
+
+
+VNNI = _target_has_vnni()
 
 
 def _codes(x: np.ndarray) -> np.ndarray:
@@ -64,12 +86,235 @@ def _dense_kernel(a, w, bias, out):  # a [G, M, K], w [1 | G, N, K], out [G, M, 
                 og[i, j] = _dot(ag[i], wj) + bias[j]
 
 
+@intrinsic
+def _vnni_tile(typingctx, a, a_at, a_stride, w, w_at, steps, col, scale, cs_at, row, row_at, out, out_at,
+               out_stride):
+    """One TILE_ROWS x TILE_COLS int32 tile, every operand a C array read flat from an element offset (`_at`:
+    array views per tile measured 12% slower at K = 64): TILE_ROWS uint8 rows of A, a_stride apart (K padded to
+    groups of 4), times `steps` steps of a W block (int8, TILE_COLS * 4 per step: TILE_PANELS panels of
+    16 columns x 4 k), plus col[c] + row[r] * scale[c]; row r stored from out_at + r * out_stride.
+    TILE_ROWS x TILE_PANELS zmm accumulators start at the correction terms; each step is one vpdpbusd
+    (64 MACs) per accumulator."""
+    def codegen(context, builder, signature, args):
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        v16 = ir.VectorType(i32, 16)
+
+        def data(i):  # element pointer of array argument i
+            return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+        def at(i, offset):  # array argument i's element at the int64 offset
+            return builder.gep(data(i), [offset])
+
+        def int64(i):
+            return context.cast(builder, args[i], signature.args[i], types.int64)
+
+        def const(value):
+            return ir.Constant(i64, value)
+
+        def vec(ptr, index):  # 16 int32 lanes at ptr + 64 * index bytes
+            return builder.load(builder.gep(builder.bitcast(ptr, v16.as_pointer()), [const(index)]), align=1)
+
+        def splat(value):
+            lane0 = builder.insert_element(ir.Constant(v16, ir.Undefined), value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(lane0, ir.Constant(v16, ir.Undefined), ir.Constant(v16, None))
+
+        name = "llvm.x86.avx512.vpdpbusd.512"
+        dot = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(v16, [v16] * 3), name)
+        a_at, a_stride, w_at, cs_at, row_at, out_at, out_stride = (int64(i) for i in (1, 2, 4, 8, 10, 12, 13))
+        cols = [vec(at(6, cs_at), c) for c in range(TILE_PANELS)]
+        scales = [vec(at(7, cs_at), c) for c in range(TILE_PANELS)]
+        init = []
+        for r in range(TILE_ROWS):
+            row_r = splat(builder.load(at(9, builder.add(row_at, const(r)))))
+            init += [builder.add(cols[c], builder.mul(row_r, scales[c])) for c in range(TILE_PANELS)]
+        entry = builder.block
+        loop, done = builder.append_basic_block("vnni.loop"), builder.append_basic_block("vnni.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        accs = [builder.phi(v16) for _ in init]
+        w_vecs = [vec(at(3, builder.add(w_at, builder.mul(k, const(TILE_COLS * 4)))), c) for c in range(TILE_PANELS)]
+        sums = []
+        for r in range(TILE_ROWS):  # row r's 4 bytes of this step, broadcast to all 16 lanes
+            offset = builder.add(builder.add(a_at, builder.mul(const(r), a_stride)), builder.shl(k, const(2)))
+            a_vec = splat(builder.load(builder.bitcast(at(0, offset), i32.as_pointer()), align=1))
+            sums += [builder.call(dot, [accs[r * TILE_PANELS + c], a_vec, w_vecs[c]]) for c in range(TILE_PANELS)]
+        k_next = builder.add(k, const(1))
+        k.add_incoming(const(0), entry)
+        k.add_incoming(k_next, loop)
+        for phi, start, total in zip(accs, init, sums):
+            phi.add_incoming(start, entry)
+            phi.add_incoming(total, loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, int64(5)), loop, done)
+        builder.position_at_end(done)
+        for r in range(TILE_ROWS):
+            row_out = builder.bitcast(at(11, builder.add(out_at, builder.mul(const(r), out_stride))), v16.as_pointer())
+            for c in range(TILE_PANELS):
+                builder.store(sums[r * TILE_PANELS + c], builder.gep(row_out, [const(c)]), align=1)
+        return context.get_dummy_value()
+    return types.void(a, a_at, a_stride, w, w_at, steps, col, scale, cs_at, row, row_at, out, out_at,
+                      out_stride), codegen
+
+
+@numba.njit(cache=True, parallel=True)
+def _pack_a(a, offset, packed, sums):
+    # a [G, M, K] -> packed [G, Mp, Kp] uint8 = a - offset, zero-padded; sums [G, Mp] its row sums
+    groups, m, k = a.shape
+    rows = packed.shape[1]
+    for gi in prange(groups * rows):
+        g, i = gi // rows, gi % rows
+        dst, total, start = packed[g, i], 0, 0
+        if i < m:
+            src, start = a[g, i], k
+            for c in range(k):
+                v = np.int32(src[c]) - offset
+                dst[c] = v
+                total += v
+        dst[start:] = 0
+        sums[g, i] = total
+
+
+@numba.njit(cache=True, parallel=True)
+def _pack_w(w, packed, offsets, sums, spans):
+    # w [G, N, K] -> packed [G, blocks, steps, TILE_COLS * 4] int8 = w - offsets[G, N] in `_vnni_tile`'s
+    # order, zero-padded; a row's offset is 0 when it fits int8, else its min + 128 (exact when its span,
+    # max - min in spans[G, N], is at most 255); sums [G, N] = row sums of w - offsets
+    groups, n, k = w.shape
+    blocks, steps = packed.shape[1], packed.shape[2]
+    for gb in prange(groups * blocks):
+        g, b = gb // blocks, gb % blocks
+        dst = packed[g, b].reshape(steps, TILE_COLS, 4)
+        dst[:] = 0
+        for j in range(b * TILE_COLS, min(n, (b + 1) * TILE_COLS)):
+            src, c = w[g, j], j - b * TILE_COLS
+            lo, hi = np.int32(src[0]), np.int32(src[0])
+            for kk in range(1, k):
+                lo, hi = min(lo, np.int32(src[kk])), max(hi, np.int32(src[kk]))
+            offset = np.int32(0) if lo >= -128 and hi <= 127 else lo + 128
+            total = 0
+            for kk in range(k):
+                v = np.int32(src[kk]) - offset
+                dst[kk >> 2, c, kk & 3] = v
+                total += v
+            offsets[g, j], sums[g, j], spans[g, j] = offset, total, hi - lo
+
+
+@numba.njit(cache=True, inline="always")
+def _requant_row(acc, m, s, zp, lo, hi, j0, out):
+    # out[c] = the codes of acc[c], channel j0 + c; a loop per case: a per-element branch on m.size (or
+    # indexing the output in 3-D) kept the loop scalar, 4x slower than the GEMM tile it follows
+    if m.size > 1:
+        for c in range(out.size):
+            out[c] = requantize_one(np.int64(acc[c]), m[j0 + c], s[j0 + c], lo, hi) + zp
+    else:
+        for c in range(out.size):
+            out[c] = requantize_one(np.int64(acc[c]), m[0], s[0], lo, hi) + zp
+
+
+@numba.njit(cache=True, parallel=True)
+def _vnni_kernel(a, a_sums, w, w_offsets, col_terms, requant, m, s, zp, lo, hi, out):
+    # a [G, Mp, Kp] uint8 with row sums a_sums [G, Mp], w [1 | G, blocks, steps, TILE_COLS * 4] int8 shifted
+    # by w_offsets [1 | G, Np] (`_pack_a`, `_pack_w`); out [G, M, N] = a @ w^T + a_sums * w_offsets +
+    # col_terms [1 | G, Np] (int32, wrapping), or its codes by requantize_one when `requant` (m, s [T, 1 | N]:
+    # row r of the flattened [G * M, N] output uses rule row r % T; lo, hi already minus zp).
+    groups, rows, kp = a.shape
+    m_out, n = out.shape[1], out.shape[2]
+    blocks, steps = w.shape[1], w.shape[2]
+    padded_n = col_terms.shape[1]
+    tiles = rows // TILE_ROWS
+    for gt in prange(groups * tiles):
+        g, i0 = gt // tiles, (gt % tiles) * TILE_ROWS
+        wi = g if w.shape[0] > 1 else 0
+        acc = np.empty((TILE_ROWS, TILE_COLS), np.int32)
+        for b in range(blocks):
+            j0 = b * TILE_COLS
+            j1 = min(n, j0 + TILE_COLS)
+            w_at, cs_at, a_at = (wi * blocks + b) * steps * TILE_COLS * 4, wi * padded_n + j0, (g * rows + i0) * kp
+            if not requant and i0 + TILE_ROWS <= m_out and j1 - j0 == TILE_COLS:  # straight into out
+                _vnni_tile(a, a_at, kp, w, w_at, steps, col_terms, w_offsets, cs_at, a_sums, g * rows + i0,
+                           out, (g * m_out + i0) * n + j0, n)
+                continue
+            _vnni_tile(a, a_at, kp, w, w_at, steps, col_terms, w_offsets, cs_at, a_sums, g * rows + i0,
+                       acc, 0, TILE_COLS)
+            for r in range(min(TILE_ROWS, m_out - i0)):
+                if requant:
+                    t = (g * m_out + i0 + r) % m.shape[0]
+                    _requant_row(acc[r], m[t], s[t], zp, lo, hi, j0, out[g, i0 + r, j0:j1])
+                else:
+                    out[g, i0 + r, j0:j1] = acc[r, :j1 - j0]
+
+
+def _dense(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None, rule: tuple | None) -> np.ndarray:
+    """dense_gemm, or dense_requant's codes when rule = (m, s, zero_point, lo, hi)."""
+    groups, rows, n, k = gemm_shapes(a, w)
+    a3, w3, bias = a.reshape(groups, rows, k), w.reshape(-1, n, k), _bias(bias, n)
+    out, w3 = np.empty((groups, rows, n), np.int32), _codes(w3)
+    if not (VNNI and a.size and w.size and _vnni_gemm(a3, w3, bias, rule, out)):
+        _dense_kernel(_codes(a3), w3, bias, out)
+        if rule is not None:
+            _requant_kernel(out, *rule)
+    return out.reshape(*a.shape[:-1], n)
+
+
+def _vnni_gemm(a: np.ndarray, w: np.ndarray, bias: np.ndarray, rule: tuple | None, out: np.ndarray) -> bool:
+    """`_dense` by vpdpbusd into out when A's values span at most 256 integers and so do each row of W's;
+    False (out untouched) otherwise."""
+    if a.dtype in (np.int8, np.uint8):
+        a_lo, a_hi = np.iinfo(a.dtype).min, np.iinfo(a.dtype).max
+    else:
+        a_lo, a_hi = int(a.min()), int(a.max())
+        if a_lo < _I16.min or a_hi > _I16.max:
+            raise ValueError(f"GEMM operand values outside int16: [{a_lo}, {a_hi}]")
+    if a_hi - a_lo > 255:
+        return False
+    groups, rows, k = a.shape
+    steps = -(-k // 4)
+    blocks = -(-w.shape[1] // TILE_COLS)
+    packed_w = np.empty((w.shape[0], blocks, steps, TILE_COLS * 4), np.int8)
+    w_offsets, w_sums, w_spans = (np.zeros((w.shape[0], blocks * TILE_COLS), np.int32) for _ in range(3))
+    _pack_w(w, packed_w, w_offsets, w_sums, w_spans)
+    if w_spans.max() > 255:
+        return False
+    packed_a = np.empty((groups, -(-rows // TILE_ROWS) * TILE_ROWS, 4 * steps), np.uint8)
+    a_sums = np.empty(packed_a.shape[:2], np.int32)
+    _pack_a(np.ascontiguousarray(a), a_lo, packed_a, a_sums)
+    # A = A' + a_lo, W[j] = W'[j] + w_j: sum_k A W[j] = A'W'[j] + a_lo * (sum_k W'[j] + K * w_j)
+    # + w_j * sum_k A' (the last term per element, in the kernel); int32 wraps cancel in the sum.
+    col_terms = (np.pad(bias, (0, w_sums.shape[1] - bias.size)) + a_lo * (w_sums.astype(np.int64) + k * w_offsets)
+                 ).astype(np.int32)
+    m, s, zp, lo, hi = rule if rule is not None else (np.ones((1, 1), np.int64), np.ones((1, 1), np.int64), 0, 0, 0)
+    _vnni_kernel(packed_a, a_sums, packed_w, w_offsets, col_terms, rule is not None, m, s, zp, lo - zp, hi - zp,
+                 out)
+    return True
+
+
 def dense_gemm(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """A @ W^T (+ bias) as int32 [(G,) M, N]; A [(G,) M, K], W [N, K] or [G, N, K]."""
-    groups, m, n, k = gemm_shapes(a, w)
-    out = np.empty((groups, m, n), np.int32)
-    _dense_kernel(_codes(a).reshape(groups, m, k), _codes(w).reshape(-1, n, k), _bias(bias, n), out)
-    return out.reshape(*a.shape[:-1], n)
+    return _dense(a, w, bias, None)
+
+
+def dense_requant(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None, m: np.ndarray, s: np.ndarray,
+                  zero_point: int, lo: int, hi: int) -> np.ndarray:
+    """dense_gemm's accumulator (which must fit int32, as there) straight to int32 codes [(G,) M, N]:
+    `dyadic.requantize(acc, m, s, lo - zero_point, hi - zero_point) + zero_point`, m and s int64 [1] (per
+    tensor), [N] (per output channel), or [T, 1 | N] (per token: row r of the output flattened to
+    [rows, N] uses rule row r % T, as `program.Requant`). The rule runs on each GEMM tile while it is in
+    cache, saving a pass over the int32 accumulator."""
+    n = w.shape[-2]
+    m, s = (np.ascontiguousarray(x, dtype=np.int64) for x in (m, s))
+    if m.shape != s.shape or m.ndim not in (1, 2) or m.shape[-1] not in (1, n) or m.size == 0:
+        raise ValueError(f"m and s must both have shape (1 | {n},) or (T, 1 | {n}), got {m.shape} and {s.shape}")
+    m, s = (x.reshape(x.shape[0] if x.ndim == 2 else 1, -1) for x in (m, s))
+    return _dense(a, w, bias, (m, s, int(zero_point), int(lo), int(hi)))
+
+
+@numba.njit(cache=True, parallel=True)
+def _requant_kernel(acc, m, s, zp, lo, hi):
+    # acc [G, M, N] int32 -> its codes, in place (the portable path of dense_requant; m, s as `_vnni_kernel`)
+    groups, rows, _ = acc.shape
+    for gi in prange(groups * rows):
+        row, t = acc[gi // rows, gi % rows], gi % m.shape[0]
+        _requant_row(row, m[t], s[t], zp, lo - zp, hi - zp, 0, row)
 
 
 @numba.njit(cache=True, inline="always")
