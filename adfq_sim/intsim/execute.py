@@ -28,6 +28,7 @@ from adfq_sim.intsim.reference import check_outliers
 
 CHUNK = 64  # images per pass: the kernels' per-call overhead amortises, memory stays small
 _weights: WeakKeyDictionary[Gemm, np.ndarray] = WeakKeyDictionary()  # narrowed once per exported layer
+_folded_bias: WeakKeyDictionary[Gemm, np.ndarray] = WeakKeyDictionary()
 
 
 @numba.njit(cache=True, inline="always")
@@ -42,8 +43,12 @@ def _requant_kernel(acc, m, s, zp, lo, hi, out):  # m, s [1 | T, 1 | N]: row i u
     rows, n = acc.shape
     for i in prange(rows):
         mi, si = m[i % m.shape[0]], s[i % s.shape[0]]
-        for j in range(n):
-            out[i, j] = _rule(acc[i, j], mi, si, zp, lo, hi, j)
+        if mi.size == 1:  # one loop per case: a per-element branch on the rule's size stops vectorisation
+            for j in range(n):
+                out[i, j] = requantize_one(np.int64(acc[i, j]), mi[0], si[0], lo - zp, hi - zp) + zp
+        else:
+            for j in range(n):
+                out[i, j] = requantize_one(np.int64(acc[i, j]), mi[j], si[j], lo - zp, hi - zp) + zp
 
 
 @numba.njit(cache=True, parallel=True)
@@ -84,11 +89,27 @@ def _add(a: np.ndarray, ra: Requant, b: np.ndarray, rb: Requant) -> np.ndarray:
     return out
 
 
+@numba.njit(cache=True, parallel=True)
+def _operand_kernel(codes, zp, out):  # codes, out [R, C]; row i subtracts zp[i % zp.size]
+    rows, cols = codes.shape
+    for i in prange(rows):
+        z = zp[i % zp.size]
+        for j in range(cols):
+            out[i, j] = codes[i, j] - z
+
+
 def _operand(codes: np.ndarray, zp: int | np.ndarray) -> np.ndarray:
-    """codes - zp as int16: codes of at most 8 bits and zero-points in that range cannot wrap."""
-    if not 0 <= np.min(zp) <= np.max(zp) <= 255:
+    """codes - zp as int16 in one parallel pass: codes of at most 8 bits and zero-points in that range
+    cannot wrap. zp: an int, or a per-row column [rows, 1] of a 2-D codes array."""
+    zp = np.asarray(zp, np.int32).reshape(-1)
+    if not 0 <= zp.min() <= zp.max() <= 255:
         raise ValueError("zero-point outside the 8-bit code range")
-    return (codes - zp).astype(np.int16)
+    if zp.size > 1 and (codes.ndim != 2 or zp.size != codes.shape[0]):
+        raise ValueError(f"per-row zero-points need 2-D codes with one row each, got {codes.shape}, {zp.size}")
+    rows = np.ascontiguousarray(codes).reshape(-1, codes.shape[-1])
+    out = np.empty(rows.shape, np.int16)
+    _operand_kernel(rows, zp, out)
+    return out.reshape(codes.shape)
 
 
 def _weight(g: Gemm) -> np.ndarray:
@@ -98,6 +119,18 @@ def _weight(g: Gemm) -> np.ndarray:
         w = np.ascontiguousarray(g.weight, dtype=np.int8 if fits_int8 else np.int16)
         _weights[g] = w
     return w
+
+
+def _plain_input(codes: np.ndarray, g: Gemm) -> tuple[np.ndarray, np.ndarray]:
+    """The codes as uint8 (the GEMM kernel reads them without a range pass) and the bias with the
+    zero-point folded in: (codes - zp) @ W^T + b = codes @ W^T + (b - zp * rowsum(W)), exact."""
+    folded = _folded_bias.get(g)
+    if folded is None:
+        folded = g.bias - int(g.operand.zero_point[0]) * g.weight.sum(axis=1, dtype=np.int64)
+        _folded_bias[g] = folded
+    if folded.size and (folded.min() < -(1 << 31) or folded.max() >= 1 << 31):  # not an int32 bias: subtract
+        return _operand(codes, int(g.operand.zero_point[0])), g.bias
+    return codes.astype(np.uint8), folded
 
 
 def _outliers(rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarray, m: int) -> np.ndarray:
@@ -111,7 +144,13 @@ def _outliers(rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarr
     return out
 
 
-SIMULATOR_OPS = Ops(operand=_operand, weight=_weight, dense=kernels.dense_gemm, log_shift=kernels.log_shift_gemm,
+def _dense_requant(a: np.ndarray, w: np.ndarray, bias: np.ndarray, r: Requant) -> np.ndarray:
+    return kernels.dense_requant(a, w, bias, r.m, r.s, r.zero_point, r.lo, r.hi)
+
+
+SIMULATOR_OPS = Ops(operand=_operand, weight=_weight, plain_input=_plain_input, dense=kernels.dense_gemm,
+                    dense_requant=_dense_requant,
+                    log_shift=kernels.log_shift_gemm,
                     outliers=_outliers, requant=_requant, add=_add, layernorm=nonlinear.layernorm,
                     softmax=nonlinear.softmax, gelu=nonlinear.gelu)
 

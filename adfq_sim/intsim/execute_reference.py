@@ -34,7 +34,11 @@ class Ops:
 
     operand(codes, zp): GEMM operand codes - zp (zp an int or a per-row column), in the storage dtype.
     weight(gemm): the layer's weight operand W [N, K] in the executor's storage.
+    plain_input(codes, gemm): (A, bias) of a plain layer (`_plain`) with A @ W^T + bias equal to
+      (codes - zero_point) @ W^T + gemm.bias; the simulator keeps the codes and folds the zero-point
+      into the bias.
     dense(a, w, bias): A @ W^T (+ int32 bias [N]), A [(G,) M, K], W [N, K] or [G, N, K].
+    dense_requant(a, w, bias, r): requant(dense(a, w, bias), r) (fused in the simulator).
     log_shift(p, b, e, base, zero_code): log codes P (uint8) times B^T by shifts (`reference`).
     outliers(rows, cols, codes, w, m): the sparse outlier products alone, int64 [m, N].
     requant(acc, r): the dyadic rule of `r` to codes.
@@ -44,7 +48,9 @@ class Ops:
 
     operand: Callable[[np.ndarray, "int | np.ndarray"], np.ndarray]
     weight: Callable[[Gemm], np.ndarray]
+    plain_input: Callable[[np.ndarray, Gemm], tuple[np.ndarray, np.ndarray]]
     dense: Callable[..., np.ndarray]
+    dense_requant: Callable[..., np.ndarray]
     log_shift: Callable[..., np.ndarray]
     outliers: Callable[..., np.ndarray]
     requant: Callable[[np.ndarray, Requant], np.ndarray]
@@ -75,7 +81,17 @@ def _add(a: np.ndarray, ra: Requant, b: np.ndarray, rb: Requant) -> np.ndarray:
     return np.clip(_apply(a, ra) + _apply(b, rb), -RESIDUAL_MAX, RESIDUAL_MAX)
 
 
-REFERENCE_OPS = Ops(operand=_operand, weight=lambda g: g.weight, dense=dense_gemm, log_shift=log_shift_gemm,
+def _dense_requant(a: np.ndarray, w: np.ndarray, bias: np.ndarray, r: Requant) -> np.ndarray:
+    return _apply(dense_gemm(a, w, bias), r)
+
+
+def _plain_input(codes: np.ndarray, g: Gemm) -> tuple[np.ndarray, np.ndarray]:
+    return _operand(codes, int(g.operand.zero_point[0])), g.bias
+
+
+REFERENCE_OPS = Ops(operand=_operand, weight=lambda g: g.weight, plain_input=_plain_input, dense=dense_gemm,
+                    dense_requant=_dense_requant,
+                    log_shift=log_shift_gemm,
                     outliers=outlier_gemm, requant=_apply, add=_add, layernorm=nonlinear_reference.layernorm,
                     softmax=nonlinear_reference.softmax, gelu=nonlinear_reference.gelu)
 
@@ -102,15 +118,31 @@ def _product(codes: np.ndarray, operand: Operand, w: np.ndarray, ops: Ops,
     return (ops.dense(a, w).astype(np.int64) << operand.outlier_shift) + sparse
 
 
+def _plain(g: Gemm) -> bool:
+    """A single dense int32 sum with a per-channel bias (no outliers, no second range, no saturation)."""
+    return not g.saturated and g.bias.ndim == 1 and isinstance(g.operand, UniformOperand)
+
+
 def _linear(codes: np.ndarray, g: Gemm, ops: Ops, outliers: np.ndarray | None = None) -> np.ndarray:
     """A weight layer's accumulator: the product plus its bias, saturated where the program says so."""
-    plain = not g.saturated and g.bias.ndim == 1 and isinstance(g.operand, UniformOperand)
-    if plain:
-        return ops.dense(ops.operand(codes, int(g.operand.zero_point[0])), ops.weight(g), g.bias)
+    if _plain(g):
+        a, bias = ops.plain_input(codes, g)
+        return ops.dense(a, ops.weight(g), bias)
     acc = _product(codes, g.operand, ops.weight(g), ops, outliers)
     bias = g.bias if g.bias.ndim == 1 else g.bias[np.arange(len(acc)) % len(g.bias)]
     acc = acc + bias
     return saturate(acc) if g.saturated else acc
+
+
+def _linear_codes(codes: np.ndarray, g: Gemm, parts: list[tuple[slice, Requant]], ops: Ops,
+                  outliers: np.ndarray | None = None) -> list[np.ndarray]:
+    """The codes of column slices of a weight layer's output, each by its own rule (qkv -> q, k, v):
+    fused GEMM + requantization per slice where the sum is plain, else one accumulator, then the rules."""
+    if _plain(g):
+        (a, bias), w = ops.plain_input(codes, g), ops.weight(g)
+        return [ops.dense_requant(a, w[cols], bias[cols], r) for cols, r in parts]
+    acc = _linear(codes, g, ops, outliers)
+    return [ops.requant(acc[:, cols], r) for cols, r in parts]
 
 
 def _image_codes(images: np.ndarray, p: IntegerProgram) -> np.ndarray:
@@ -131,8 +163,8 @@ def _block(r: np.ndarray, blk: Block, ops: Ops, trace: dict[str, np.ndarray], i:
     heads, hd = blk.heads, d // blk.heads
     rows = r.reshape(b * t, d)
     x, x_outliers = ops.layernorm(rows.astype(np.int32, copy=False), blk.norm1)
-    qkv = _linear(x, blk.qkv, ops, x_outliers)
-    q, k, v = (ops.requant(qkv[:, j * d:(j + 1) * d], rq) for j, rq in enumerate((blk.to_q, blk.to_k, blk.to_v)))
+    q, k, v = _linear_codes(x, blk.qkv, [(slice(j * d, (j + 1) * d), rq) for j, rq in
+                                         enumerate((blk.to_q, blk.to_k, blk.to_v))], ops, x_outliers)
 
     def split(a: np.ndarray) -> np.ndarray:  # [B*T, D] -> [B*H, T, hd]
         return a.reshape(b, t, heads, hd).transpose(0, 2, 1, 3).reshape(b * heads, t, hd)
@@ -145,7 +177,7 @@ def _block(r: np.ndarray, blk: Block, ops: Ops, trace: dict[str, np.ndarray], i:
     pin = ops.requant(pv.reshape(b, heads, t, hd).transpose(0, 2, 1, 3).reshape(b * t, d), blk.to_proj_in)
     mid = ops.add(rows, blk.res_to_mid, _linear(pin, blk.proj, ops), blk.attn_to_res)
     y, y_outliers = ops.layernorm(mid.astype(np.int32, copy=False), blk.norm2)
-    fc1 = ops.requant(_linear(y, blk.fc1, ops, y_outliers), blk.to_gelu)
+    (fc1,) = _linear_codes(y, blk.fc1, [(slice(None), blk.to_gelu)], ops, y_outliers)
     g = ops.gelu(fc1.astype(np.int32, copy=False), blk.gelu)
     out = ops.add(mid, blk.mid_to_out, _linear(g, blk.fc2, ops), blk.mlp_to_res)
     traced = [("qkv_in", x), ("qkv_in_outliers", x_outliers), ("q", q), ("k", k), ("v", v), ("probs", probs),
@@ -163,7 +195,8 @@ def _run_chunk(p: IntegerProgram, images: np.ndarray, ops: Ops) -> tuple[np.ndar
     trace["embed_in"] = codes.reshape(len(codes), -1)
     patches = _patches(codes, p.patch)
     b, n, kdim = patches.shape
-    emb = ops.requant(_linear(patches.reshape(b * n, kdim), p.embed, ops), p.embed_to_res).reshape(b, n, -1)
+    (emb,) = _linear_codes(patches.reshape(b * n, kdim), p.embed, [(slice(None), p.embed_to_res)], ops)
+    emb = emb.reshape(b, n, -1)
     emb = np.clip(emb + p.pos_codes, -RESIDUAL_MAX, RESIDUAL_MAX)
     r = np.concatenate([np.broadcast_to(p.cls_code.astype(emb.dtype), (b, 1, emb.shape[2])), emb], axis=1)
     trace["residual_in"] = r.reshape(b, -1)

@@ -1,5 +1,6 @@
 """Numba kernels of the integer non-linear ops: the semantics of `nonlinear_reference` (the spec,
-which also holds the export constants), one row per parallel iteration, int64 arithmetic throughout.
+which also holds the export constants), rows (blocks of rows for softmax) per parallel iteration, int64
+arithmetic throughout.
 Input-range checks are the reference's own (`check_codes`), run before each kernel.
 """
 

@@ -228,19 +228,21 @@ def layernorm_constants(channels: int, input_scale: float, gamma: np.ndarray, be
                               threshold, outlier_m, outlier_s)
 
 
-def check_codes(x: np.ndarray, limit: int, name: str) -> np.ndarray:
-    """int32 [rows, channels] codes with |x| <= limit (the range the export proved), as int64."""
-    x = np.asarray(x)
+def check_codes(x: np.ndarray, limit: int, name: str) -> None:
+    """x must be int32 [rows, channels] codes with |x| <= limit (the range the export proved).
+
+    min / max rather than abs: no int64 copy (the check runs before every Numba kernel too)."""
     if x.ndim != 2 or x.dtype != np.int32 or x.shape[1] == 0:
         raise ValueError(f"{name} takes int32 codes of shape [rows, channels >= 1], got {x.dtype} {x.shape}")
-    if x.size and int(np.abs(x.astype(np.int64)).max()) > limit:
+    if x.size and (int(x.min()) < -limit or int(x.max()) > limit):
         raise ValueError(f"{name} input outside the exported range |x| <= {limit}")
-    return x.astype(np.int64)
 
 
 def layernorm_acc(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
     """acc = n * G + B: the LayerNorm output with F + gamma_bits fractional bits, before the output rule."""
-    x = check_codes(x, c.input_max, "layernorm")
+    x = np.asarray(x)
+    check_codes(x, c.input_max, "layernorm")
+    x = x.astype(np.int64)
     if x.shape[1] != c.channels:
         raise ValueError(f"layernorm exported for {c.channels} channels, got {x.shape[1]}")
     total = x.sum(axis=1, keepdims=True)
@@ -309,7 +311,9 @@ def exp2_fraction(f: np.ndarray) -> np.ndarray:
 
 def softmax_probabilities(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
     """Row-wise softmax of int32 scores [M, N] as Q30 integers (int64)."""
-    x = check_codes(x, SOFTMAX_INPUT_MAX, "softmax")
+    x = np.asarray(x)
+    check_codes(x, SOFTMAX_INPUT_MAX, "softmax")
+    x = x.astype(np.int64)
     a = np.minimum(x.max(axis=1, keepdims=True) - x, c.a_max)
     u = requantize(a, c.m, c.s, 0, EXP_MAX_Z << EXP_FRAC_BITS)
     z = u >> EXP_FRAC_BITS
