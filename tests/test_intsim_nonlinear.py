@@ -115,22 +115,24 @@ def test_layernorm_widest_inputs_do_not_overflow() -> None:
     np.testing.assert_array_equal(acc, nr.layernorm_acc(x, consts))
     y = torch.nn.functional.layer_norm(torch.from_numpy(x * 1e-3), (channels,), torch.from_numpy(gamma),
                                        torch.from_numpy(beta), 1e-6).numpy()
-    assert np.abs(acc / 2.0 ** (consts.frac_bits + consts.gamma_bits) - y).max() < 1e-2
+    assert np.abs(acc / 2.0 ** consts.acc_frac - y).max() < 1e-2
     with pytest.raises(ValueError, match="overflows"):
         nr.layernorm_constants(channels, 1e-3, gamma, beta, 1e-6, 23, 0.05, 128, 8)
     with pytest.raises(ValueError, match="outside the exported range"):
         nk.layernorm(x.clip(-top + 1, top - 1) * 2, consts)
 
 
-@pytest.mark.parametrize("bits, tokens, max_off", [(8, 197, 1.5e-3), (6, 197, 5e-4), (4, 1, 3e-4), (2, 197, 1e-4)])
-def test_layernorm_accuracy(bits: int, tokens: int, max_off: float) -> None:
-    """Measured: never more than 1 code off; at 8 bits <= 0.15 % of elements are off by one (C = 768)."""
+@pytest.mark.parametrize("bits, tokens", [(8, 197), (6, 197), (4, 1), (2, 197)])
+def test_layernorm_accuracy(bits: int, tokens: int) -> None:
+    """Measured: 0 of 302,592 codes differ from float LayerNorm + the same quantizer (C = 768; F = 25 and
+    24 gamma bits in an int64 product). The bar allows ties at the rounding edge: 1 code, 2e-5 of them.
+    (With the int32 product of an earlier version, 0.13 % of the 8-bit codes were one off.)"""
     rng = np.random.default_rng(1)
     x, _, consts, expected = layernorm_case(rng, 2 * 197, 768, tokens, bits, 16)
     np.testing.assert_array_equal(nk.layernorm_acc(x, consts), nr.layernorm_acc(x, consts))  # large-case check
     diff = np.abs(nk.layernorm(x, consts)[0] - expected)
     assert diff.max() <= 1
-    assert (diff > 0).mean() <= max_off
+    assert (diff > 0).mean() <= 2e-5
 
 
 def test_layernorm_outliers_take_the_zero_point() -> None:
@@ -146,7 +148,7 @@ def test_layernorm_outliers_take_the_zero_point() -> None:
     assert np.abs(codes[~outlier] - expected[~outlier]).max() <= 1
     # int16 outlier codes where the value is an outlier (0 elsewhere), on the step the constants encode
     token = np.nonzero(outlier)[0] % 3
-    acc_frac = consts.frac_bits + consts.gamma_bits
+    acc_frac = consts.acc_frac
     step = 2.0**-acc_frac / (consts.outlier_m[token] / 2.0 ** consts.outlier_s[token])
     assert not outliers[~outlier].any()
     error = np.abs(outliers[outlier] - y[outlier] / step)

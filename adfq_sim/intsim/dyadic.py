@@ -4,10 +4,12 @@ A float ratio r > 0 (e.g. s_in * s_w / s_out) becomes an integer multiplier m an
 r ~= m / 2**s, m in [2**30, 2**31) (a 31-bit mantissa, as I-ViT / gemmlowp). An int32 accumulator is
 rescaled as
 
-    y = clamp((acc * m + 2**(s - 1)) >> s, lo, hi)        (arithmetic shift: round half up)
+    y = clamp((acc * m + offset + 2**(s - 1)) >> s, lo, hi)        (arithmetic shift: round half up)
 
-in int64 arithmetic: |acc| < 2**31 and m < 2**31 keep acc * m inside int64. The same rule serves the
-int64 reference (`requantize`, NumPy) and the Numba kernels (`requantize_one`, compiled), and
+in int64 arithmetic: |acc| < 2**31 and m < 2**31 keep acc * m inside int64. The offset (0 but for the
+layers that feed the residual stream) is a bias on the output's scale with s fractional bits: adding a
+bias there instead of on a coarse accumulator grid keeps it exact to 2**-s of an output step. The same
+rule serves the int64 reference (`requantize`, NumPy) and the Numba kernels (`requantize_one`, compiled), and
 `round_half_up` on the fake-quant side rounds the same way.
 """
 
@@ -52,15 +54,23 @@ def dyadic_array(ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return m, shift
 
 
-def requantize(acc: np.ndarray, m: np.ndarray | int, s: np.ndarray | int, lo: int, hi: int) -> np.ndarray:
-    """The rule on int64 arrays (m, s broadcast: per tensor, per channel or per token)."""
+def requantize(acc: np.ndarray, m: np.ndarray | int, s: np.ndarray | int, lo: int, hi: int,
+               offset: np.ndarray | int = 0) -> np.ndarray:
+    """The rule on int64 arrays (m, s, offset broadcast: per tensor, per channel or per token)."""
     acc = np.asarray(acc, dtype=np.int64)
     m, s = np.asarray(m, dtype=np.int64), np.asarray(s, dtype=np.int64)
-    return np.clip((acc * m + (np.int64(1) << (s - 1))) >> s, lo, hi)
+    return np.clip((acc * m + np.asarray(offset, dtype=np.int64) + (np.int64(1) << (s - 1))) >> s, lo, hi)
+
+
+@numba.njit(cache=True, inline="always")
+def requantize_offset_one(acc: np.int64, m: np.int64, s: np.int64, offset: np.int64, lo: np.int64,
+                          hi: np.int64) -> np.int64:
+    """The rule on one int64 value, for Numba kernels."""
+    y = (acc * m + offset + (np.int64(1) << (s - 1))) >> s
+    return min(max(y, lo), hi)
 
 
 @numba.njit(cache=True, inline="always")
 def requantize_one(acc: np.int64, m: np.int64, s: np.int64, lo: np.int64, hi: np.int64) -> np.int64:
-    """The rule on one int64 value, for Numba kernels."""
-    y = (acc * m + (np.int64(1) << (s - 1))) >> s
-    return min(max(y, lo), hi)
+    """The rule without an offset."""
+    return requantize_offset_one(acc, m, s, np.int64(0), lo, hi)

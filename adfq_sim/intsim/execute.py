@@ -3,7 +3,7 @@
 `run_simulator` runs the reference executor's own op sequence (`execute_reference.run_program`) with
 an ops table of compiled kernels, so the two differ only in kernels that are tested equal one by one
 (`kernels` vs `reference`, `nonlinear` vs `nonlinear_reference`, and the requantizations here use
-`dyadic.requantize_one`, the reference rule compiled). The int32 accumulators of the GEMM kernels are
+`dyadic.requantize_offset_one`, the reference rule compiled). The int32 accumulators of the GEMM kernels are
 exact because export proved every layer's bound.
 
 Storage: codes are int32 between ops; a GEMM operand (codes minus a zero-point, at most 9 bits) is
@@ -21,7 +21,7 @@ import torch
 from numba import prange
 
 from adfq_sim.intsim import kernels, nonlinear
-from adfq_sim.intsim.dyadic import requantize_one
+from adfq_sim.intsim.dyadic import requantize_offset_one
 from adfq_sim.intsim.execute_reference import Ops, run_program
 from adfq_sim.intsim.program import RESIDUAL_MAX, Gemm, IntegerProgram, Requant
 from adfq_sim.intsim.reference import check_outliers
@@ -32,31 +32,32 @@ _folded_bias: WeakKeyDictionary[Gemm, np.ndarray] = WeakKeyDictionary()
 
 
 @numba.njit(cache=True, inline="always")
-def _rule(v, m, s, zp, lo, hi, j):
-    """Requant's rule on one value of output channel j (m, s: one row of 1 or N entries)."""
+def _rule(v, m, s, offset, zp, lo, hi, j):
+    """Requant's rule on one value of output channel j (m, s, offset: one row of 1 or N entries)."""
     c = j if m.size > 1 else 0
-    return requantize_one(np.int64(v), m[c], s[c], lo - zp, hi - zp) + zp
+    o = offset[j] if offset.size > 1 else offset[0]
+    return requantize_offset_one(np.int64(v), m[c], s[c], o, lo - zp, hi - zp) + zp
 
 
 @numba.njit(cache=True, parallel=True)
-def _requant_kernel(acc, m, s, zp, lo, hi, out):  # m, s [1 | T, 1 | N]: row i uses rule row i % T
+def _requant_kernel(acc, m, s, offset, zp, lo, hi, out):  # m, s [1 | T, 1 | N]: row i uses rule row i % T
     rows, n = acc.shape
     for i in prange(rows):
         mi, si = m[i % m.shape[0]], s[i % s.shape[0]]
-        if mi.size == 1:  # one loop per case: a per-element branch on the rule's size stops vectorisation
-            for j in range(n):
-                out[i, j] = requantize_one(np.int64(acc[i, j]), mi[0], si[0], lo - zp, hi - zp) + zp
+        if mi.size == 1 and offset.size == 1:  # one loop per case: a per-element branch on the rule's
+            for j in range(n):                 # size stops vectorisation
+                out[i, j] = requantize_offset_one(np.int64(acc[i, j]), mi[0], si[0], offset[0], lo - zp, hi - zp) + zp
         else:
             for j in range(n):
-                out[i, j] = requantize_one(np.int64(acc[i, j]), mi[j], si[j], lo - zp, hi - zp) + zp
+                out[i, j] = _rule(acc[i, j], mi, si, offset, zp, lo, hi, j)
 
 
 @numba.njit(cache=True, parallel=True)
-def _add_kernel(a, ma, sa, zpa, loa, hia, b, mb, sb, zpb, lob, hib, limit, out):
+def _add_kernel(a, ma, sa, oa, zpa, loa, hia, b, mb, sb, ob, zpb, lob, hib, limit, out):
     rows, n = a.shape
     for i in prange(rows):
         for j in range(n):
-            total = _rule(a[i, j], ma, sa, zpa, loa, hia, j) + _rule(b[i, j], mb, sb, zpb, lob, hib, j)
+            total = _rule(a[i, j], ma, sa, oa, zpa, loa, hia, j) + _rule(b[i, j], mb, sb, ob, zpb, lob, hib, j)
             out[i, j] = min(max(total, -limit), limit)
 
 
@@ -76,7 +77,7 @@ def _outlier_kernel(starts, rows, cols, codes, w_t, out):
 def _requant(acc: np.ndarray, r: Requant) -> np.ndarray:
     out = np.empty(acc.shape, np.int32)
     m, s = (a.reshape(a.shape[0] if a.ndim == 2 else 1, -1) for a in (r.m, r.s))
-    _requant_kernel(acc, m, s, r.zero_point, r.lo, r.hi, out)
+    _requant_kernel(acc, m, s, r.offset, r.zero_point, r.lo, r.hi, out)
     return out
 
 
@@ -84,8 +85,8 @@ def _add(a: np.ndarray, ra: Requant, b: np.ndarray, rb: Requant) -> np.ndarray:
     if a.shape != b.shape:
         raise ValueError(f"residual add of different shapes: {a.shape} vs {b.shape}")
     out = np.empty(a.shape, np.int32)
-    _add_kernel(a, ra.m, ra.s, ra.zero_point, ra.lo, ra.hi, b, rb.m, rb.s, rb.zero_point, rb.lo, rb.hi,
-                RESIDUAL_MAX, out)
+    _add_kernel(a, ra.m, ra.s, ra.offset, ra.zero_point, ra.lo, ra.hi, b, rb.m, rb.s, rb.offset, rb.zero_point,
+                rb.lo, rb.hi, RESIDUAL_MAX, out)
     return out
 
 

@@ -74,7 +74,7 @@ def rule_rows(r: Requant, rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _apply(acc: np.ndarray, r: Requant) -> np.ndarray:
     m, s = rule_rows(r, acc.shape[0])
-    return requantize(acc, m, s, r.lo - r.zero_point, r.hi - r.zero_point) + r.zero_point
+    return requantize(acc, m, s, r.lo - r.zero_point, r.hi - r.zero_point, r.offset) + r.zero_point
 
 
 def _add(a: np.ndarray, ra: Requant, b: np.ndarray, rb: Requant) -> np.ndarray:
@@ -138,7 +138,7 @@ def _linear_codes(codes: np.ndarray, g: Gemm, parts: list[tuple[slice, Requant]]
                   outliers: np.ndarray | None = None) -> list[np.ndarray]:
     """The codes of column slices of a weight layer's output, each by its own rule (qkv -> q, k, v):
     fused GEMM + requantization per slice where the sum is plain, else one accumulator, then the rules."""
-    if _plain(g):
+    if _plain(g) and not any(r.offset.any() for _, r in parts):  # the fused kernel has no offset
         (a, bias), w = ops.plain_input(codes, g), ops.weight(g)
         return [ops.dense_requant(a, w[cols], bias[cols], r) for cols, r in parts]
     acc = _linear(codes, g, ops, outliers)

@@ -4,8 +4,12 @@ Formats exported (every recipe of `quant.recipes`): uniform activations per tens
 output channel; PPOQ (per-token steps and zero-points, sparse int16 outliers) on LayerNorm outputs;
 log2 / log-sqrt2 codes on softmax outputs and SLQ (shifted log) on GELU outputs; PTQ4ViT's
 twin-uniform on softmax and GELU outputs. Choices fixed here, once:
-- A bias is round_half_up(b / accumulator scale). SLQ's static shift folds into fc2's bias:
-  W (shift + L(q)) + b = W L(q) + (b + shift * rowsum(W)).
+- A bias is round_half_up(b / accumulator scale), except for the layers that feed the residual stream
+  (patch embedding, proj, fc2), whose accumulator grid (s_in * s_w, coarse at 4 bits) is far coarser
+  than the 16-bit residual step: their bias is the requantization's offset, on the output scale with
+  s fractional bits. (On the grid, the demo's W4A4 patch embedding was off by up to 38 residual steps
+  per channel.) SLQ's static shift folds into fc2's bias: W (shift + L(q)) + b = W L(q) + (b + shift *
+  rowsum(W)).
 - Log operands keep E fraction bits, the largest E (<= MAX_LOG_FRAC_BITS) whose accumulator bound
   fits int32.
 - A saturated accumulator (PPOQ, twin-uniform) is accepted only where saturation cannot change a code:
@@ -59,10 +63,17 @@ def _uniform_tensor(q, name: str) -> tuple[float, int, int]:
     return float(form["scale"]), int(form["zero_point"]), form["code_max"]
 
 
-def _requant(ratio: np.ndarray | float, zero_point: int, lo: int, hi: int) -> Requant:
+def _requant(ratio: np.ndarray | float, zero_point: int, lo: int, hi: int,
+             bias: np.ndarray | None = None) -> Requant:
+    """The dyadic rule of `ratio`; `bias` (float, in output steps, per channel) becomes its offset."""
     ratio = np.asarray(ratio, np.float64)
     m, s = dyadic_array(ratio.reshape(-1) if ratio.ndim < 2 else ratio)
-    return Requant(m, s, zero_point, lo, hi)
+    offset = np.zeros(1, np.int64)
+    if bias is not None:
+        offset = _round_half_up(bias * 2.0**s.astype(np.float64)).astype(np.int64)
+        if np.abs(offset).max(initial=0) >= 1 << 62:
+            raise UnsupportedProgramError("a bias does not fit the requantization offset")
+    return Requant(m, s, zero_point, lo, hi, offset)
 
 
 def _to_codes(ratio: np.ndarray | float, q, name: str) -> Requant:
@@ -71,13 +82,14 @@ def _to_codes(ratio: np.ndarray | float, q, name: str) -> Requant:
     return _requant(ratio, zp, 0, qmax)
 
 
-def _to_residual(ratio: np.ndarray | float) -> Requant:
-    return _requant(ratio, 0, -RESIDUAL_MAX, RESIDUAL_MAX)
+def _to_residual(ratio: np.ndarray | float, bias: np.ndarray | None = None) -> Requant:
+    return _requant(ratio, 0, -RESIDUAL_MAX, RESIDUAL_MAX, bias)
 
 
 def _rows(r: Requant, acc: int) -> np.ndarray:
     """The rule applied to the value `acc` at every (token x) channel of r."""
-    return requantize(np.full(r.m.shape, acc, np.int64), r.m, r.s, r.lo - r.zero_point, r.hi - r.zero_point)
+    return requantize(np.full(r.m.shape, acc, np.int64), r.m, r.s, r.lo - r.zero_point, r.hi - r.zero_point,
+                      r.offset)
 
 
 def _check_saturation(r: Requant, saturated: bool, name: str) -> Requant:
@@ -104,11 +116,21 @@ def _weight_codes(module: QuantLinear | QuantConv2d, name: str) -> tuple[np.ndar
     return codes.astype(np.int64) - zp[:, None], scale
 
 
-def _gemm(module: QuantLinear | QuantConv2d, name: str, formats: tuple[str, ...]) -> tuple[Gemm, np.ndarray]:
-    """The weight layer as integers, with its accumulator scale ([N], or [T, N] for a PPOQ input)."""
+def _gemm(module: QuantLinear | QuantConv2d, name: str, formats: tuple[str, ...],
+          bias_out: bool = False) -> tuple[Gemm, np.ndarray, np.ndarray]:
+    """The weight layer as integers, its accumulator scale ([N], or [T, N] for a PPOQ input) and, with
+    bias_out, its float bias [N] (SLQ's shift folded in) left for the requantization's offset."""
     w, s_w = _weight_codes(module, name)
     b = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(len(s_w))
     form = _form(module.act_q, f"{name}.act_q", formats)
+    if form["format"] == "log":  # SLQ: W (shift + L(q)) + b = W L(q) + (b + shift * rowsum(W))
+        b = b + float(form["shift"]) * (w * s_w[:, None]).sum(axis=1)
+    gemm, acc_scale = _gemm_acc(form, w, s_w, np.zeros_like(b) if bias_out else b, name)
+    return gemm, acc_scale, b
+
+
+def _gemm_acc(form: dict, w: np.ndarray, s_w: np.ndarray, b: np.ndarray, name: str) -> tuple[Gemm, np.ndarray]:
+    """The Gemm of weights w (codes minus zero-points) with float bias b on the accumulator's grid."""
     fmt = form["format"]
     if fmt == "uniform":
         s_in, zp, qmax = float(form["scale"]), int(form["zero_point"]), form["code_max"]
@@ -128,11 +150,10 @@ def _gemm(module: QuantLinear | QuantConv2d, name: str, formats: tuple[str, ...]
         dense = check_int32(dense_bound((-int(zp.max()), form["code_max"] - int(zp.min())), w), f"{name} (dense)")
         return Gemm(w.astype(np.int32), bias, UniformOperand(zp, shift), dense, True), acc_scale
     if fmt == "log":
-        delta, shift = float(form["delta"]), float(form["shift"])
-        folded = b + shift * (w * s_w[:, None]).sum(axis=1)
+        delta = float(form["delta"])
         for e in range(MAX_LOG_FRAC_BITS, -1, -1):
             acc_scale = delta * 2.0**-e * s_w
-            bias = _round_half_up(folded / acc_scale).astype(np.int64)
+            bias = _round_half_up(b / acc_scale).astype(np.int64)
             bound = log_shift_bound(w, None, e, bias)
             if bound.max_abs <= INT32_MAX:
                 operand = LogOperand(form["base"], e, form["zero_code"])
@@ -249,7 +270,7 @@ def _block(blk, i: int, tokens: int, s_res_in: float, s_mid: float, s_out: float
     if not isinstance(attn, QuantAttention) or not all(
             isinstance(m, nn.Identity) for m in (blk.ls1, blk.ls2, attn.q_norm, attn.k_norm, attn.norm, mlp.norm)):
         raise UnsupportedProgramError(f"{name}: only plain ViT blocks (no layer scale, no q/k norm) are supported")
-    qkv, qkv_scale = _gemm(attn.qkv, f"{name}.attn.qkv", ("uniform-tensor", "ppoq"))
+    qkv, qkv_scale, _ = _gemm(attn.qkv, f"{name}.attn.qkv", ("uniform-tensor", "ppoq"))
     dim = attn.attn_dim
     s_q, zp_q, max_q = _uniform_tensor(attn.q_q, f"{name}.attn.q_q")
     s_k, zp_k, max_k = _uniform_tensor(attn.k_q, f"{name}.attn.k_q")
@@ -259,9 +280,10 @@ def _block(blk, i: int, tokens: int, s_res_in: float, s_mid: float, s_out: float
     if scores_max > SOFTMAX_INPUT_MAX:
         raise UnsupportedProgramError(f"{name}.attn.qk: |Q.K^T| could reach {scores_max}, above {SOFTMAX_INPUT_MAX}")
     pv, pv_scale = _probs_matmul(attn.probs_q, (-zp_v, max_v - zp_v), zp_v, tokens, f"{name}.attn")
-    proj, proj_scale = _gemm(attn.proj, f"{name}.attn.proj", ("uniform-tensor",))
-    fc1, fc1_scale = _gemm(mlp.fc1, f"{name}.mlp.fc1", ("uniform-tensor", "ppoq"))
-    fc2, fc2_scale = _gemm(mlp.fc2, f"{name}.mlp.fc2", ("uniform-tensor", "log", "twin_uniform"))
+    proj, proj_scale, proj_bias = _gemm(attn.proj, f"{name}.attn.proj", ("uniform-tensor",), bias_out=True)
+    fc1, fc1_scale, _ = _gemm(mlp.fc1, f"{name}.mlp.fc1", ("uniform-tensor", "ppoq"))
+    fc2, fc2_scale, fc2_bias = _gemm(mlp.fc2, f"{name}.mlp.fc2", ("uniform-tensor", "log", "twin_uniform"),
+                                     bias_out=True)
     to_gelu, gelu = _gelu(fc1, fc1_scale, mlp.fc2.act_q, f"{name}.mlp")
     return Block(
         norm1=_layernorm(blk.norm1, s_res_in, attn.qkv.act_q, f"{name}.norm1"),
@@ -277,14 +299,15 @@ def _block(blk, i: int, tokens: int, s_res_in: float, s_mid: float, s_out: float
         to_proj_in=_check_saturation(_to_codes(pv_scale * s_v / s_pin, attn.proj.act_q, "proj_in"), pv.saturated,
                                      f"{name}.attn.pv"),
         proj=proj,
-        attn_to_res=_to_residual(proj_scale / s_mid),
+        attn_to_res=_to_residual(proj_scale / s_mid, proj_bias / s_mid),
         res_to_mid=_to_residual(s_res_in / s_mid),
         norm2=_layernorm(blk.norm2, s_mid, mlp.fc1.act_q, f"{name}.norm2"),
         fc1=fc1,
         to_gelu=to_gelu,
         gelu=gelu,
         fc2=fc2,
-        mlp_to_res=_check_saturation(_to_residual(fc2_scale / s_out), fc2.saturated, f"{name}.mlp.fc2"),
+        mlp_to_res=_check_saturation(_to_residual(fc2_scale / s_out, fc2_bias / s_out), fc2.saturated,
+                                     f"{name}.mlp.fc2"),
         mid_to_out=_to_residual(s_mid / s_out),
     )
 
@@ -302,7 +325,7 @@ def export(qmodel: QuantModel, calib_batches: Iterable[torch.Tensor]) -> Integer
         raise UnsupportedProgramError("patch embedding must be a square, non-overlapping convolution")
     scales = _residual_scales(qmodel, calib_batches)
     s0 = scales[0]
-    embed, embed_scale = _gemm(conv, "patch_embed.proj", ("uniform-tensor",))
+    embed, embed_scale, embed_bias = _gemm(conv, "patch_embed.proj", ("uniform-tensor",), bias_out=True)
     s_img, zp_img, qmax_img = _uniform_tensor(conv.act_q, "patch_embed.proj.act_q")
     pos = model.pos_embed.detach().double().numpy()[0]
     cls = model.cls_token.detach().double().numpy()[0, 0]
@@ -313,10 +336,10 @@ def export(qmodel: QuantModel, calib_batches: Iterable[torch.Tensor]) -> Integer
     tokens = pos.shape[0]
     blocks = [_block(blk, i, tokens, scales[2 * i], scales[2 * i + 1], scales[2 * i + 2])
               for i, blk in enumerate(model.blocks)]
-    head, head_scale = _gemm(model.head, "head", ("uniform-tensor",))
+    head, head_scale, _ = _gemm(model.head, "head", ("uniform-tensor",))
     return IntegerProgram(
         image_scale=s_img, image_zero_point=zp_img, image_qmax=qmax_img, patch=int(conv.weight.shape[2]),
-        embed=embed, embed_to_res=_to_residual(embed_scale / s0),
+        embed=embed, embed_to_res=_to_residual(embed_scale / s0, embed_bias / s0),
         cls_code=residual_codes(cls + pos[0]), pos_codes=residual_codes(pos[1:]),
         blocks=blocks,
         norm=_layernorm(model.norm, scales[-1], model.head.act_q, "norm"),

@@ -51,9 +51,10 @@ def _round_shift(v: torch.Tensor, s: torch.Tensor | int) -> torch.Tensor:
     return (v + (one << (s - 1))) >> s
 
 
-def _dyadic(acc: torch.Tensor, m: torch.Tensor | int, s: torch.Tensor | int, lo, hi) -> torch.Tensor:
-    """The one requantization rule: clamp(round_half_up(acc * m / 2**s), lo, hi)."""
-    return torch.clamp(_round_shift(acc * m, s), lo, hi)
+def _dyadic(acc: torch.Tensor, m: torch.Tensor | int, s: torch.Tensor | int, lo, hi,
+            offset: torch.Tensor | int = 0) -> torch.Tensor:
+    """The one requantization rule: clamp(round_half_up((acc * m + offset) / 2**s), lo, hi)."""
+    return torch.clamp(_round_shift(acc * m + offset, s), lo, hi)
 
 
 def _requant(acc: torch.Tensor, r: Requant) -> torch.Tensor:
@@ -63,7 +64,7 @@ def _requant(acc: torch.Tensor, r: Requant) -> torch.Tensor:
     if m.ndim == 2:
         token = torch.arange(acc.shape[0]) % m.shape[0]
         m, s = m[token], s[token]
-    return _dyadic(acc, m, s, r.lo - r.zero_point, r.hi - r.zero_point) + r.zero_point
+    return _dyadic(acc, m, s, r.lo - r.zero_point, r.hi - r.zero_point, _t(r.offset)) + r.zero_point
 
 
 def _uniform(acc: torch.Tensor, out: UniformOutput) -> torch.Tensor:
@@ -166,6 +167,8 @@ def _layernorm(x: torch.Tensor, c: LayerNormConstants) -> tuple[torch.Tensor, to
     recip = (1 << c.recip_bits) // torch.clamp(_isqrt(var << (2 * k)), min=1)
     n = _round_shift((c.channels * x - total) * recip, c.recip_bits - c.frac_bits - k)
     acc = torch.clamp(n, -c.norm_max, c.norm_max) * _t(c.gamma) + _t(c.beta)
+    if c.acc_shift:
+        acc = _round_shift(acc, c.acc_shift)
     codes = _uniform(acc, c.out)
     if not c.has_outliers:
         return codes, None

@@ -109,8 +109,8 @@ def _count_at_or_below(v: np.int64, thresholds: np.ndarray) -> np.int64:
 
 
 @numba.njit(cache=True, parallel=True)
-def _layernorm_kernel(x, eps_int, frac_bits, recip_bits, norm_max, gamma, beta, m, s, zp, qmax, threshold,
-                      om, os, want_acc, acc_out, codes_out, outliers_out):
+def _layernorm_kernel(x, eps_int, frac_bits, recip_bits, norm_max, gamma, beta, acc_shift, m, s, zp, qmax,
+                      threshold, om, os, want_acc, acc_out, codes_out, outliers_out):
     rows, c = x.shape
     tokens = m.size
     for r in numba.prange(rows):
@@ -130,6 +130,8 @@ def _layernorm_kernel(x, eps_int, frac_bits, recip_bits, norm_max, gamma, beta, 
             n = ((c * np.int64(x[r, j]) - total) * recip + half) >> shift
             n = min(max(n, -norm_max), norm_max)
             acc = n * gamma[j] + beta[j]
+            if acc_shift > 0:
+                acc = (acc + (np.int64(1) << (acc_shift - 1))) >> acc_shift
             if want_acc:
                 acc_out[r, j] = acc
             elif threshold >= 0 and abs(acc) > threshold:
@@ -152,13 +154,13 @@ def _layernorm_run(x: np.ndarray, c: LayerNormConstants, want_acc: bool
     outliers = np.empty(x.shape if c.has_outliers and not want_acc else (0, 0), np.int32)
     o = c.out
     om, os = (c.outlier_m, c.outlier_s) if c.has_outliers else (np.ones(1, np.int64), np.ones(1, np.int64))
-    _layernorm_kernel(x, c.eps_int, c.frac_bits, c.recip_bits, c.norm_max, c.gamma, c.beta, o.m, o.s,
+    _layernorm_kernel(x, c.eps_int, c.frac_bits, c.recip_bits, c.norm_max, c.gamma, c.beta, c.acc_shift, o.m, o.s,
                       o.zero_point, o.qmax, c.outlier_threshold, om, os, want_acc, acc, codes, outliers)
     return acc, codes, outliers
 
 
 def layernorm_acc(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
-    """int64 [M, C]: the LayerNorm output with frac_bits + gamma_bits fractional bits, before the output rule."""
+    """int64 [M, C]: the LayerNorm output with acc_frac fractional bits, before the output rule."""
     return _layernorm_run(x, c, True)[0]
 
 

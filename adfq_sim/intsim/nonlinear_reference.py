@@ -12,8 +12,10 @@ Fixed semantics:
 - LayerNorm: no rounded mean. With S = sum x, V = C * sum x^2 - S^2 (= C^2 var, exact) and
   E = round(eps / s_x^2 * C^2), the normalised value y = (C x - S) / sqrt(V + E) is formed in
   fixed point with F fractional bits through one per-row reciprocal of an exact isqrt, clamped to
-  |y| <= sqrt(C - 1) (its true bound), then acc = n * G_c + B_c (gamma, beta as integers) and one
-  per-row dyadic requantization to the next quantizer's codes. A constant row (V + E = 0) gives y = 0.
+  |y| <= sqrt(C - 1) (its true bound), then n * G_c + B_c in int64 (gamma, beta as integers), shifted
+  into an int32 acc, and one per-row dyadic requantization to the next quantizer's codes. A constant
+  row (V + E = 0) gives y = 0. (The int64 product lets n and G keep ~20 fractional bits each: with the
+  int32 product of an earlier version, F + gamma_bits <= 27 left 0.14 % of 8-bit codes one off.)
   With PPOQ outliers, |acc| above the integer alpha makes an outlier: its dense code is the zero-point
   and its int16 code, on the token's step / 2**outlier_shift, is the dyadic rule of acc clamped to int16.
 - Softmax: a = row max - x; the base-2 exponent u = round(a * s_in * log2(e) * 2**K) by the dyadic
@@ -151,7 +153,9 @@ class LayerNormConstants:
 
     eps_int: E; frac_bits: F; recip_bits: Q of the per-row reciprocal floor(2**Q / R); norm_max: the
     clamp of n; gamma, beta: G_c = round(gamma * 2**gamma_bits), B_c = round(beta * 2**(F + gamma_bits))
-    so acc = n * G + B holds the LayerNorm output with F + gamma_bits fractional bits and |acc| < 2**31;
+    so n * G + B (int64) holds the LayerNorm output with F + gamma_bits fractional bits, and
+    acc = (n * G + B) >> acc_shift (rounded half up) brings it inside |acc| < 2**31 for the output rule
+    with F + gamma_bits - acc_shift fractional bits (`acc_frac`);
     input_max: the largest |x| the bounds were proven for; outlier_threshold: PPOQ's alpha as an acc
     value (|acc| > it is an outlier; its dense code is the zero-point), -1 without outliers;
     outlier_m, outlier_s: per token, the dyadic rule from acc to int16 outlier codes (empty without).
@@ -164,6 +168,7 @@ class LayerNormConstants:
     recip_bits: int
     norm_max: int
     gamma_bits: int
+    acc_shift: int
     gamma: np.ndarray
     beta: np.ndarray
     out: UniformOutput
@@ -175,21 +180,31 @@ class LayerNormConstants:
     def has_outliers(self) -> bool:
         return self.outlier_threshold >= 0
 
+    @property
+    def acc_frac(self) -> int:
+        return self.frac_bits + self.gamma_bits - self.acc_shift
+
 
 def _norm_max(channels: int, frac_bits: int) -> int:
     """A bound of |y| * 2**F: |y| <= sqrt(C - 1) for the population variance."""
     return math.isqrt((channels - 1) << (2 * frac_bits)) + 1
 
 
+MAX_GAMMA_BITS = 24  # G's fractional bits: past 2**-24 relative, gamma's rounding no longer matters
+
+
 def _fold_gamma(gamma: np.ndarray, beta: np.ndarray, frac_bits: int,
-                channels: int) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """(F, gamma_bits, G, B) with the most gamma bits such that |n * G + B| < 2**31 for |n| <= norm_max."""
+                channels: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
+    """(F, gamma_bits, acc_shift, G, B): the most gamma bits (<= MAX_GAMMA_BITS) such that
+    |n * G + B| < 2**62 for |n| <= norm_max, and the right shift that brings that bound under 2**31."""
     norm_max = _norm_max(channels, frac_bits)
-    for gamma_bits in range(32 - frac_bits, -40, -1):  # acc keeps at most 32 fractional bits
+    for gamma_bits in range(MAX_GAMMA_BITS, -40, -1):
         g = np.floor(gamma * 2.0**gamma_bits + 0.5).astype(np.int64)
         b = np.floor(beta * 2.0 ** (frac_bits + gamma_bits) + 0.5).astype(np.int64)
-        if norm_max * int(np.abs(g).max()) + int(np.abs(b).max()) <= INT31:
-            return frac_bits, gamma_bits, g, b
+        bound = norm_max * int(np.abs(g).max()) + int(np.abs(b).max())
+        if bound < 1 << 62:
+            acc_shift = max(0, (bound + 1).bit_length() - 31)  # (bound + 2**(k-1)) >> k <= INT31
+            return frac_bits, gamma_bits, acc_shift, g, b
     raise ValueError("LayerNorm gamma / beta out of any representable range")
 
 
@@ -211,21 +226,22 @@ def layernorm_constants(channels: int, input_scale: float, gamma: np.ndarray, be
     sqrt_bits = math.isqrt(c).bit_length()  # sqrt(C) <= 2**sqrt_bits
     recip_bits = 62 - sqrt_bits  # |d * reciprocal| <= sqrt(C) * 2**Q < 2**63
     gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
-    # n rounds with error 2**-F * |gamma| and G with 2**-gamma_bits * |y|, where rms(y) = 1 by
-    # construction: pick F to minimise their sum under the int32 bound of acc.
+    # n rounds with error 2**-F * |gamma|, G with 2**-gamma_bits * |y| (rms(y) = 1 by construction)
+    # and the shift into int32 with 2**(acc_shift - F - gamma_bits): pick F to minimise their sum.
     rms = float(np.sqrt(np.mean(gamma**2)))
-    frac_bits, gamma_bits, g, b = min((_fold_gamma(gamma, beta, f, c) for f in range(4, recip_bits - 31)),
-                                      key=lambda t: rms * 2.0 ** -t[0] + 2.0 ** -t[1])
+    frac_bits, gamma_bits, acc_shift, g, b = min(
+        (_fold_gamma(gamma, beta, f, c) for f in range(4, recip_bits - 31)),
+        key=lambda t: rms * 2.0 ** -t[0] + 2.0 ** -t[1] + 2.0 ** (t[2] - t[0] - t[1]))
     norm_max = _norm_max(c, frac_bits)
-    acc_frac = frac_bits + gamma_bits
+    acc_frac = frac_bits + gamma_bits - acc_shift
     threshold = -1 if alpha is None else math.floor(alpha * 2.0**acc_frac)
     out = uniform_output(out_scale, out_zero_point, out_bits, acc_frac)
     outlier_m = outlier_s = np.zeros(0, np.int64)
     if outlier_step is not None:
         rules = [dyadic(2.0**-acc_frac / float(step)) for step in np.atleast_1d(outlier_step)]
         outlier_m, outlier_s = (np.array(v, np.int64) for v in zip(*rules))
-    return LayerNormConstants(c, input_max, eps_int, frac_bits, recip_bits, norm_max, gamma_bits, g, b, out,
-                              threshold, outlier_m, outlier_s)
+    return LayerNormConstants(c, input_max, eps_int, frac_bits, recip_bits, norm_max, gamma_bits, acc_shift, g, b,
+                              out, threshold, outlier_m, outlier_s)
 
 
 def check_codes(x: np.ndarray, limit: int, name: str) -> None:
@@ -239,7 +255,8 @@ def check_codes(x: np.ndarray, limit: int, name: str) -> None:
 
 
 def layernorm_acc(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
-    """acc = n * G + B: the LayerNorm output with F + gamma_bits fractional bits, before the output rule."""
+    """acc = (n * G + B) >> acc_shift: the LayerNorm output with acc_frac fractional bits, before the
+    output rule."""
     x = np.asarray(x)
     check_codes(x, c.input_max, "layernorm")
     x = x.astype(np.int64)
@@ -253,7 +270,8 @@ def layernorm_acc(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
     shift = c.recip_bits - c.frac_bits - k
     n = (c.channels * x - total) * recip + (np.int64(1) << (shift - 1)) >> shift
     n = np.clip(n, -c.norm_max, c.norm_max)
-    return n * c.gamma + c.beta
+    wide = n * c.gamma + c.beta
+    return wide if c.acc_shift == 0 else (wide + (np.int64(1) << (c.acc_shift - 1))) >> c.acc_shift
 
 
 OUTLIER_MIN, OUTLIER_MAX = -(1 << 15), (1 << 15) - 1  # int16 outlier codes

@@ -87,9 +87,11 @@ Operand = Union[UniformOperand, LogOperand, TwinOperand]
 
 @dataclass(frozen=True, eq=False)
 class Requant:
-    """codes = requantize(acc, m, s, lo - zero_point, hi - zero_point) + zero_point.
+    """codes = requantize(acc, m, s, lo - zero_point, hi - zero_point, offset) + zero_point.
 
-    m, s: [1] per tensor, [N] per output channel, or [T, N] per token x channel (row r is token r % T).
+    m, s: [1] per tensor, [N] per output channel, or [T, N] per token x channel (row r is token r % T);
+    offset: int64 [1] or [N], the bias of a layer feeding the residual stream on the output scale with s
+    fractional bits (its accumulator grid is too coarse for it at low bits), else 0.
     """
 
     m: np.ndarray
@@ -97,6 +99,7 @@ class Requant:
     zero_point: int
     lo: int
     hi: int
+    offset: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,7 +249,8 @@ def load_program(path: str | Path) -> IntegerProgram:
 
 def _rule(r: Requant) -> str:
     shape = "x".join(map(str, r.m.shape)) if r.m.size > 1 else "tensor"
-    return f"dyadic[{shape}] -> [{r.lo}, {r.hi}]" + (f" zp {r.zero_point}" if r.zero_point else "")
+    return (f"dyadic[{shape}] -> [{r.lo}, {r.hi}]" + (f" zp {r.zero_point}" if r.zero_point else "")
+            + (" + bias" if r.offset.any() else ""))
 
 
 def _operand_text(op: Operand) -> str:
