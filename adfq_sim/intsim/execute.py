@@ -54,10 +54,12 @@ def _requant_kernel(acc, m, s, offset, zp, lo, hi, out):  # m, s [1 | T, 1 | N]:
 
 @numba.njit(cache=True, parallel=True)
 def _add_kernel(a, ma, sa, oa, zpa, loa, hia, b, mb, sb, ob, zpb, lob, hib, limit, out):
+    # the rules' m, s, offset arrive expanded to one entry per channel: no per-element branch
     rows, n = a.shape
     for i in prange(rows):
         for j in range(n):
-            total = _rule(a[i, j], ma, sa, oa, zpa, loa, hia, j) + _rule(b[i, j], mb, sb, ob, zpb, lob, hib, j)
+            total = (requantize_offset_one(np.int64(a[i, j]), ma[j], sa[j], oa[j], loa - zpa, hia - zpa) + zpa
+                     + requantize_offset_one(np.int64(b[i, j]), mb[j], sb[j], ob[j], lob - zpb, hib - zpb) + zpb)
             out[i, j] = min(max(total, -limit), limit)
 
 
@@ -85,8 +87,11 @@ def _add(a: np.ndarray, ra: Requant, b: np.ndarray, rb: Requant) -> np.ndarray:
     if a.shape != b.shape:
         raise ValueError(f"residual add of different shapes: {a.shape} vs {b.shape}")
     out = np.empty(a.shape, np.int32)
-    _add_kernel(a, ra.m, ra.s, ra.offset, ra.zero_point, ra.lo, ra.hi, b, rb.m, rb.s, rb.offset, rb.zero_point,
-                rb.lo, rb.hi, RESIDUAL_MAX, out)
+    n = a.shape[1]
+    ma, sa, oa, mb, sb, ob = (np.ascontiguousarray(np.broadcast_to(x, (n,)))
+                              for x in (ra.m, ra.s, ra.offset, rb.m, rb.s, rb.offset))
+    _add_kernel(a, ma, sa, oa, ra.zero_point, ra.lo, ra.hi, b, mb, sb, ob, rb.zero_point, rb.lo, rb.hi,
+                RESIDUAL_MAX, out)
     return out
 
 
