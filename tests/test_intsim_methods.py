@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from adfq_sim.config import ModelConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
@@ -77,3 +78,25 @@ def test_three_executions_agree_at_every_tensor(demo, method, bits, tmp_path):
     loaded_logits, loaded_codes = run_simulator(loaded, images)
     np.testing.assert_array_equal(loaded_logits, sim_logits)
     assert total_mismatches(verify(loaded_codes, sim_codes)) == 0
+
+
+@pytest.mark.parametrize("bits, bar", [(8, 0.1), (4, 0.5)])
+def test_adfq_integer_top1_tracks_the_fake_quant(bits, bar):
+    """Issue 4's bars on the whole demo test split, ADFQ as `adfq-sim run` calibrates it (ASMO `fast`):
+    the integer simulator's top-1 within 0.1 points of the paper-style fake-quant at W8A8 and 0.5 at
+    W4A4. Measured here: W8A8 gap 0 (100 % arg-max agreement), W4A4 gap 0.22 (one image, 99.78 %); in
+    the default `adfq-sim run` both gaps are 0. (With a 16-bit residual stream: 0.22 / 0.67 there.)"""
+    torch.manual_seed(0)
+    model = load_model(ModelConfig()).model
+    calib, _ = load_demo_split("calib")
+    images, labels = load_demo_split("test")
+    batches = list(calib[:128].split(64))
+    qmodel = quantize_model(model, build_recipe("adfq", QuantConfig()), bits, bits, batches)
+    logits, _ = run_simulator(export(qmodel, batches), images)
+    with torch.no_grad():
+        fake = qmodel(images).argmax(1).numpy()
+    ours, labels = logits.argmax(1), labels.numpy()
+    gap = 100.0 * abs(int((ours == labels).sum()) - int((fake == labels).sum())) / len(labels)
+    print(f"W{bits}A{bits}: integer vs fake-quant top-1 gap {gap:.2f} points, agreement "
+          f"{100.0 * (ours == fake).mean():.2f} %")
+    assert gap <= bar

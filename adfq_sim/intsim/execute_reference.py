@@ -42,7 +42,7 @@ class Ops:
     log_shift(p, b, e, base, zero_code): log codes P (uint8) times B^T by shifts (`reference`).
     outliers(rows, cols, codes, w, m): the sparse outlier products alone, int64 [m, N].
     requant(acc, r): the dyadic rule of `r` to codes.
-    add(a, ra, b, rb): residual add, both operands requantized, the sum clamped to the 16-bit stream.
+    add(a, ra, b, rb): residual add, both operands requantized, the sum clamped to the residual range.
     layernorm, softmax, gelu: the integer non-linear ops on int32 inputs.
     """
 

@@ -6,7 +6,7 @@ log2 / log-sqrt2 codes on softmax outputs and SLQ (shifted log) on GELU outputs;
 twin-uniform on softmax and GELU outputs. Choices fixed here, once:
 - A bias is round_half_up(b / accumulator scale), except for the layers that feed the residual stream
   (patch embedding, proj, fc2), whose accumulator grid (s_in * s_w, coarse at 4 bits) is far coarser
-  than the 16-bit residual step: their bias is the requantization's offset, on the output scale with
+  than the residual step: their bias is the requantization's offset, on the output scale with
   s fractional bits. (On the grid, the demo's W4A4 patch embedding was off by up to 38 residual steps
   per channel.) SLQ's static shift folds into fc2's bias: W (shift + L(q)) + b = W L(q) + (b + shift *
   rowsum(W)).
