@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adfq_sim.config import ModelConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
-from adfq_sim.intsim.execute import run_simulator
-from adfq_sim.intsim.execute_reference import run_reference
+from adfq_sim.intsim.dyadic import dyadic_array
+from adfq_sim.intsim.execute import SIMULATOR_OPS, run_simulator
+from adfq_sim.intsim.execute_reference import REFERENCE_OPS, run_reference
+from adfq_sim.intsim.program import Requant
 from adfq_sim.intsim.export import export
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
@@ -46,3 +50,29 @@ def test_simulator_codes_and_logits_equal_reference(demo, method, bits):
     print(f"{method} W{bits}A{bits}: " + ", ".join(f"{n}={c}" for n, c in mismatches.items()))
     assert not any(mismatches.values()), {n: c for n, c in mismatches.items() if c}
     np.testing.assert_array_equal(sim_logits, ref_logits)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 40), n=st.integers(1, 70), k=st.integers(1, 50),
+       tokens=st.integers(1, 7), per=st.sampled_from(["tensor", "channel", "token"]), offset=st.booleans())
+def test_simulator_ops_equal_reference_ops(seed, rows, n, k, tokens, per, offset):
+    """The simulator's own kernels (requantization with per-token x channel rules and offsets, residual
+    add, per-row zero-points, the int64 outlier path) equal the reference ops on random shapes."""
+    rng = np.random.default_rng(seed)
+    shape = {"tensor": (1,), "channel": (n,), "token": (tokens, n)}[per]
+    m, s = dyadic_array(np.exp(rng.uniform(-8, 2, shape)))
+    offsets = rng.integers(-(1 << 40), 1 << 40, (n,) if offset and per != "token" else (1,))
+    r = Requant(m, s, int(rng.integers(0, 16)), -100, 300, offsets)
+    acc = rng.integers(-(1 << 31) + 1, 1 << 31, (rows, n)).astype(np.int32)
+    np.testing.assert_array_equal(SIMULATOR_OPS.requant(acc, r), REFERENCE_OPS.requant(acc, r))
+    if per != "token":
+        b = rng.integers(-(1 << 19), 1 << 19, (rows, n)).astype(np.int32)
+        np.testing.assert_array_equal(SIMULATOR_OPS.add(acc, r, b, r), REFERENCE_OPS.add(acc, r, b, r))
+    codes = rng.integers(0, 256, (rows, k)).astype(np.int32)
+    zp = rng.integers(0, 256, (rows, 1))
+    np.testing.assert_array_equal(SIMULATOR_OPS.operand(codes, zp), REFERENCE_OPS.operand(codes, zp))
+    outliers = np.where(rng.random((rows, k)) < 0.1, rng.integers(-(1 << 15), 1 << 15, (rows, k)), 0)
+    w = rng.integers(-255, 256, (n, k)).astype(np.int16)
+    rr, cc = np.nonzero(outliers)
+    np.testing.assert_array_equal(SIMULATOR_OPS.outliers(rr, cc, outliers[rr, cc], w, rows),
+                                  REFERENCE_OPS.outliers(rr, cc, outliers[rr, cc], w, rows))

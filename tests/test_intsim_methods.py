@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from adfq_sim.config import ModelConfig, QuantConfig
@@ -100,3 +101,24 @@ def test_adfq_integer_top1_tracks_the_fake_quant(bits, bar):
     print(f"W{bits}A{bits}: integer vs fake-quant top-1 gap {gap:.2f} points, agreement "
           f"{100.0 * (ours == fake).mean():.2f} %")
     assert gap <= bar
+
+
+@pytest.mark.parametrize("method", sorted(FORMATS))
+def test_random_init_vit_of_other_shape_agrees_at_every_tensor(method):
+    """Shapes the demo does not have (3 input channels, 17 tokens of 8x8 patches, width 48, 3 heads of
+    16), random weights and images, alpha 0.5 (about half the post-LayerNorm values are outliers):
+    simulator == reference == integer-faithful mode at W4A4."""
+    torch.manual_seed(1)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8,
+                              embed_dim=48, depth=2, num_heads=3).eval()
+    calib, images = [torch.randn(8, 3, 32, 32)], torch.randn(5, 3, 32, 32)
+    quant = dataclasses.replace(QUANT, adfq=dataclasses.replace(QUANT.adfq, alpha_qkv=0.5, alpha_fc1=0.5,
+                                                                asmo=False))
+    program = export(quantize_model(model, build_recipe(method, quant), 4, 4, calib), calib)
+    _, ref_codes = run_reference(program, images)
+    _, sim_codes = run_simulator(program, images)
+    _, faithful_codes = run_faithful(program, images)
+    reports = verify(sim_codes, ref_codes) + verify(sim_codes, faithful_codes)
+    assert total_mismatches(reports) == 0, [r for r in reports if r.mismatches]
+    if method == "adfq":
+        assert sum(np.count_nonzero(c) for n, c in ref_codes.items() if n.endswith("_outliers")) > 1000
