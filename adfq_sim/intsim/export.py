@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
-from adfq_sim.intsim.bounds import INT32_MAX, AccBound, check_int32, dense_bound, log_shift_bound
+from adfq_sim.intsim.bounds import INT32_MAX, check_int32, dense_bound, log_shift_bound
 from adfq_sim.intsim.dyadic import dyadic_array, requantize
 from adfq_sim.intsim.nonlinear_reference import (EXP_ONE_BITS, SOFTMAX_INPUT_MAX, GeluConstants, LayerNormConstants,
                                                  gelu_constants, layernorm_constants, log_output, softmax_constants,
@@ -98,12 +98,6 @@ def _check_saturation(r: Requant, saturated: bool, name: str) -> Requant:
                       or (_rows(r, -SATURATION) != r.lo - r.zero_point).any()):
         raise UnsupportedProgramError(f"{name}: the saturated int32 accumulator does not cover the output range")
     return r
-
-
-def _with_bias(bound: AccBound, bias: np.ndarray) -> AccBound:
-    """Add a bias of shape [N] or [T, N] (its extremes over tokens) to a per-channel bound."""
-    bias = bias.reshape(-1, bound.lo.shape[0]).astype(np.float64)
-    return AccBound(bound.lo + np.minimum(bias.min(axis=0), 0.0), bound.hi + np.maximum(bias.max(axis=0), 0.0))
 
 
 def _weight_codes(module: QuantLinear | QuantConv2d, name: str) -> tuple[np.ndarray, np.ndarray]:
