@@ -20,6 +20,17 @@ def tiny_vit(num_classes: int = 3, seed: int = 0) -> torch.nn.Module:
     return timm.create_model(TINY_VIT_NAME, pretrained=False, num_classes=num_classes, **TINY_VIT_KWARGS).eval()
 
 
+def demo_calibration(calib_images: int, images: int) -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
+    """The demo ViT, its first calibration images as one batch, and its first test images."""
+    from adfq_sim.config import ModelConfig
+    from adfq_sim.data.demo import load_demo_split
+    from adfq_sim.models.loading import load_model
+
+    calib, _ = load_demo_split("calib")
+    test, _ = load_demo_split("test")
+    return load_model(ModelConfig()).model, [calib[:calib_images]], test[:images]
+
+
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adfq_sim.config import ModelConfig, QuantConfig
-from adfq_sim.data.demo import load_demo_split
+from conftest import demo_calibration
+
+from adfq_sim.config import QuantConfig
 from adfq_sim.intsim.dyadic import dyadic_array
 from adfq_sim.intsim.execute import SIMULATOR_OPS, run_simulator
 from adfq_sim.intsim.execute_reference import REFERENCE_OPS, run_reference
-from adfq_sim.intsim.program import Requant
 from adfq_sim.intsim.export import export
-from adfq_sim.models.loading import load_model
+from adfq_sim.intsim.program import Requant
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.recipes import build_recipe
 
@@ -29,10 +29,7 @@ CALIB_IMAGES, IMAGES = 32, 64
 
 @pytest.fixture(scope="module")
 def demo():
-    model = load_model(ModelConfig()).model
-    calib, _ = load_demo_split("calib")
-    images, _ = load_demo_split("test")
-    return model, [calib[:CALIB_IMAGES]], images[:IMAGES]
+    return demo_calibration(CALIB_IMAGES, IMAGES)
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile"])

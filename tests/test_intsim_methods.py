@@ -17,6 +17,8 @@ import pytest
 import timm
 import torch
 
+from conftest import demo_calibration
+
 from adfq_sim.config import ModelConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.intsim.execute import run_simulator
@@ -41,10 +43,7 @@ FORMATS = {"minmax": ("uniform", "uniform", "uniform"), "percentile": ("uniform"
 
 @pytest.fixture(scope="module")
 def demo():
-    model = load_model(ModelConfig()).model
-    calib, _ = load_demo_split("calib")
-    images, _ = load_demo_split("test")
-    return model, [calib[:CALIB_IMAGES]], images[:IMAGES]
+    return demo_calibration(CALIB_IMAGES, IMAGES)
 
 
 def test_formats_cover_every_method():

@@ -24,7 +24,6 @@ from adfq_sim.intsim import kernels, nonlinear
 from adfq_sim.intsim.dyadic import requantize_offset_one
 from adfq_sim.intsim.execute_reference import Ops, run_program
 from adfq_sim.intsim.program import RESIDUAL_MAX, Gemm, IntegerProgram, Requant
-from adfq_sim.intsim.reference import check_outliers
 
 CHUNK = 64  # images per pass: the kernels' per-call overhead amortises, memory stays small
 _weights: WeakKeyDictionary[Gemm, np.ndarray] = WeakKeyDictionary()  # narrowed once per exported layer
@@ -61,19 +60,6 @@ def _add_kernel(a, ma, sa, oa, zpa, loa, hia, b, mb, sb, ob, zpb, lob, hib, limi
             total = (requantize_offset_one(np.int64(a[i, j]), ma[j], sa[j], oa[j], loa - zpa, hia - zpa) + zpa
                      + requantize_offset_one(np.int64(b[i, j]), mb[j], sb[j], ob[j], lob - zpb, hib - zpb) + zpb)
             out[i, j] = min(max(total, -limit), limit)
-
-
-@numba.njit(cache=True, parallel=True)
-def _outlier_kernel(starts, rows, cols, codes, w_t, out):
-    # outliers sorted by row; segment [starts[r], starts[r + 1]) lands in row rows[starts[r]] of the int64
-    # accumulator out; w_t = W^T [K, N], so each outlier adds a contiguous row
-    n = w_t.shape[1]
-    for r in prange(starts.shape[0] - 1):
-        target = out[rows[starts[r]]]
-        for o in range(starts[r], starts[r + 1]):
-            code, column = np.int64(codes[o]), w_t[cols[o]]
-            for j in range(n):
-                target[j] += code * column[j]
 
 
 def _requant(acc: np.ndarray, r: Requant) -> np.ndarray:
@@ -140,13 +126,9 @@ def _plain_input(codes: np.ndarray, g: Gemm) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _outliers(rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarray, m: int) -> np.ndarray:
-    """`reference.outlier_gemm` (int64, rows ascending as np.nonzero gives them) by a Numba kernel."""
-    check_outliers(rows, cols, codes, m, w.shape[1])
+    """`reference.outlier_gemm`: the sparse products alone, summed into int64 (widened)."""
     out = np.zeros((m, w.shape[0]), np.int64)
-    if rows.size:
-        starts = np.flatnonzero(np.diff(rows, prepend=-1, append=-1)).astype(np.int64)
-        _outlier_kernel(starts, rows.astype(np.int64), cols.astype(np.int64), codes.astype(np.int64),
-                        np.ascontiguousarray(w.T), out)
+    kernels.add_outliers(out, rows, cols, codes, w)
     return out
 
 

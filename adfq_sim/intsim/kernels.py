@@ -391,9 +391,11 @@ def _outlier_kernel(acc, starts, rows, cols, codes, w_t):
 
 
 def add_outliers(acc: np.ndarray, rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarray) -> None:
-    """acc[t, :] += o * W[:, c] for every outlier (t, c, o), in place; acc int32 [M, N], W [N, K]."""
-    if acc.dtype != np.int32 or acc.ndim != 2 or w.ndim != 2 or acc.shape[1] != w.shape[0]:
-        raise ValueError(f"need an int32 accumulator [M, N] and W [N, K], got {acc.dtype} {acc.shape}, {w.shape}")
+    """acc[t, :] += o * W[:, c] for every outlier (t, c, o), in place; acc [M, N] int32 (under a proven
+    bound) or int64 (the integer program's widened outlier sum), W [N, K]."""
+    if acc.dtype not in (np.int32, np.int64) or acc.ndim != 2 or w.ndim != 2 or acc.shape[1] != w.shape[0]:
+        raise ValueError(f"need an int32 / int64 accumulator [M, N] and W [N, K], got {acc.dtype} {acc.shape}, "
+                         f"{w.shape}")
     if not acc.flags.c_contiguous:
         raise ValueError("the accumulator must be C-contiguous (it is updated in place)")
     check_outliers(rows, cols, codes, acc.shape[0], w.shape[1])

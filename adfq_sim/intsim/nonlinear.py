@@ -241,15 +241,7 @@ GELU_TABLE_MAX = 1 << 20  # thresholds spanning at most this many accumulators: 
 @numba.njit(cache=True, parallel=True)
 def _gelu_kernel(acc, thresholds, codes, out):
     for i in numba.prange(acc.size):
-        v = np.int64(acc[i])
-        lo, hi = 0, thresholds.size  # count thresholds <= v (ascending): binary search
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if thresholds[mid] <= v:
-                lo = mid + 1
-            else:
-                hi = mid
-        out[i] = codes[lo]
+        out[i] = codes[_count_at_or_below(np.int64(acc[i]), thresholds)]
 
 
 @numba.njit(cache=True, parallel=True)
