@@ -1,1 +1,2 @@
-"""Accelerator cost model. For now: accelerator presets by name; the cost model itself is issue 5."""
+"""Accelerator cost model (issue 5, in progress): accelerator presets by name, and the workload of one
+inference read off an IntegerProgram (`workload`); the spec, energy table and cost come next."""
