@@ -148,6 +148,8 @@ def test_pipeline_runs_a_random_init_swin_from_yaml(tmp_path: Path) -> None:
     assert results["model"]["num_classes"] == 4 and results["data"]["shape"] == [3, 24, 24]
     by_bits = {e["bits"]: e for e in results["results"]}
     assert by_bits["w8a8"]["sqnr_db"] > by_bits["w4a4"]["sqnr_db"]
+    integer = by_bits["w8a8"]["integer_evaluation"]  # the integer program covers ViT / DeiT only
+    assert not integer["exported"] and "ViT / DeiT" in integer["reason"]
 
 
 def test_swin_checkpoint_loads_with_its_class_count(tmp_path: Path) -> None:
