@@ -163,7 +163,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
         raise UserInputError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
+        return build_dataclass(tp, value, where)
     if origin is list:
         if not isinstance(value, list):
             raise UserInputError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
@@ -182,7 +182,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return float(value) if tp is float else value
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
+    """A frozen-dataclass schema filled from a YAML mapping: unknown keys (with a did-you-mean) and wrong
+    types are UserInputErrors naming the field (`where` is its dotted path)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -200,7 +202,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**values)
 
 
-def _check_choice(value: str, choices: typing.Iterable[str], where: str) -> None:
+def check_choice(value: str, choices: typing.Iterable[str], where: str) -> None:
     choices = list(choices)
     if value not in choices:
         guess = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
@@ -234,7 +236,7 @@ def _validate(cfg: Config) -> None:
     if m.name == "demo" and m.kwargs:
         raise UserInputError("model.kwargs: the demo model's architecture is fixed; kwargs apply to timm models")
 
-    _check_choice(d.kind, DATA_KINDS, "data.kind")
+    check_choice(d.kind, DATA_KINDS, "data.kind")
     if d.kind == "imagefolder":
         if d.root is None:
             raise UserInputError("data.root: required when data.kind is imagefolder")
@@ -263,7 +265,7 @@ def _validate(cfg: Config) -> None:
     if not q.methods:
         raise UserInputError("quant.methods: at least one method is required")
     for i, method in enumerate(q.methods):
-        _check_choice(method, METHODS, f"quant.methods[{i}]")
+        check_choice(method, METHODS, f"quant.methods[{i}]")
     for i, bits in enumerate(q.bits):
         parse_bits(bits, f"quant.bits[{i}]")
     for key, values in (("methods", q.methods), ("bits", q.bits)):
@@ -277,9 +279,9 @@ def _validate(cfg: Config) -> None:
     if cfg.verify.images < 1:
         raise UserInputError(f"verify.images: must be >= 1, got {cfg.verify.images}")
 
-    from hw_models.presets import check_hardware
+    from hw_models.spec import load_spec
 
-    check_hardware(cfg.hardware)
+    load_spec(cfg.hardware)  # a preset name, a spec file or an inline spec: validated here
 
 
 def _validate_ptq4vit(p: Ptq4vitConfig) -> None:
@@ -292,10 +294,10 @@ def _validate_ptq4vit(p: Ptq4vitConfig) -> None:
 
 
 def _validate_adfq(a: AdfqConfig, d: DataConfig) -> None:
-    _check_choice(a.outliers, ("int16", "float"), "quant.adfq.outliers")
-    _check_choice(a.log_base, ("sqrt2", "2"), "quant.adfq.log_base")
-    _check_choice(a.profile, tuple(ASMO_PROFILES), "quant.adfq.profile")
-    _check_choice(a.device, ("auto", "cpu", "cuda"), "quant.adfq.device")
+    check_choice(a.outliers, ("int16", "float"), "quant.adfq.outliers")
+    check_choice(a.log_base, ("sqrt2", "2"), "quant.adfq.log_base")
+    check_choice(a.profile, tuple(ASMO_PROFILES), "quant.adfq.profile")
+    check_choice(a.device, ("auto", "cpu", "cuda"), "quant.adfq.device")
     for key in ("alpha_qkv", "alpha_fc1", "asmo_lr_weight", "asmo_lr_act", "asmo_kl_temperature"):
         if getattr(a, key) is not None and not getattr(a, key) > 0:
             raise UserInputError(f"quant.adfq.{key}: must be > 0, got {getattr(a, key)}")
@@ -318,11 +320,10 @@ def _validate_adfq(a: AdfqConfig, d: DataConfig) -> None:
             raise UserInputError("quant.adfq.device: cuda requested but no GPU is available")
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> Config:
-    """Read, type-check and validate a YAML config. `overrides` are top-level keys (e.g. from the CLI)."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """The YAML mapping in `path` (empty file: {}); a missing file or bad YAML is a UserInputError."""
     if not path.is_file():
-        raise UserInputError(f"config file not found: {path}")
+        raise UserInputError(f"{what} file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -331,10 +332,16 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
         raise UserInputError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise UserInputError(f"{path}: the config must be a YAML mapping")
-    raw = {"name": path.stem, **raw, **(overrides or {})}
+        raise UserInputError(f"{path}: the {what} must be a YAML mapping")
+    return raw
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> Config:
+    """Read, type-check and validate a YAML config. `overrides` are top-level keys (e.g. from the CLI)."""
+    path = Path(path)
+    raw = {"name": path.stem, **read_yaml_mapping(path, "config"), **(overrides or {})}
     try:
-        cfg = _build(Config, raw, "")
+        cfg = build_dataclass(Config, raw, "")
         _validate(cfg)
     except UserInputError as exc:
         raise UserInputError(f"{path}: {exc}") from None

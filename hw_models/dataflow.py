@@ -1,0 +1,101 @@
+"""Compute cycles of one integer GEMM on an R x C PE array, for two dataflows, vectorised over shapes.
+
+The GEMM is `groups` independent products A [M, K] x B [K, N], run one after another. A PE does `lanes`
+MACs per cycle, packed along K, so the inner dimension occupies K' = ceil(K / lanes) PE-steps. Every
+argument broadcasts, so one call prices a whole sweep of array shapes; there are no loops over folds.
+
+Per-fold accounting (SCALE-Sim style). A fold maps a tile of r <= R rows by c <= C columns onto the
+array and streams T operands through it:
+
+    fold(r, c, T) = (r - 1) + (c - 1)   skew/fill: the last PE (r-1, c-1) starts r + c - 2 cycles late
+                  + T                   streaming: one operand vector per cycle
+                  + r                   drain (OS) / weight load (WS): r values shift along a column
+                  = T + 2r + c - 2
+
+Edge folds use only the rows/columns they need (r = M mod R, not R). The two dataflows differ only in
+which dimension sits where:
+
+    output-stationary: rows <- M, columns <- N, T = K'   (each PE accumulates one output, then drains)
+    weight-stationary: rows <- K', columns <- N, T = M   (each PE holds one weight, loaded first)
+
+Summing fold(r_i, c_j, T) over all row folds i (F_r = ceil(D_r / R) of them, their r_i summing to D_r)
+and column folds j (F_c = ceil(D_c / C), c_j summing to D_c) gives the closed form
+
+    cycles = groups * [F_r * F_c * (T - 2) + 2 * D_r * F_c + D_c * F_r]
+
+Why the required properties hold exactly:
+- A bigger array never adds cycles. Growing R changes only F_r (non-increasing), and cycles are linear in
+  F_r with coefficient F_c * (T - 2) + D_c >= D_c - F_c >= 0 (T >= 1, F_c <= D_c); likewise for C with
+  coefficient F_r * (T - 2) + 2 * D_r >= 2 * D_r - F_r >= 0. This is why edge folds cost with their true
+  r, c: charging a full R would make a larger array pay for an emptier last fold.
+- More lanes never add cycles. K' is non-increasing in lanes. OS: K' = T, coefficient F_r * F_c > 0.
+  WS: rewrite the bracket as F_r * F_c * (M - 1) + F_c * (2K' - F_r) + N * F_r; K' and F_r = ceil(K'/R)
+  never rise, and 2K' - F_r (= sum of 2r_i - 1) is non-decreasing in K'.
+- No faster than peak. Each fold costs >= T cycles (2r + c - 2 >= 1) and performs at most
+  r * c * lanes * T <= R * C * lanes * T MACs, so cycles >= MACs / (R * C * lanes), i.e. utilisation
+  MACs / (cycles * R * C * lanes) lies in (0, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+DATAFLOWS = ("output_stationary", "weight_stationary")
+
+
+def _ceil_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return -(-a // b)
+
+
+def _as_sizes(**sizes: ArrayLike) -> list[np.ndarray]:
+    """int64 arrays, rejecting non-integers and non-positive values (a zero size has no cycle count)."""
+    arrays = []
+    for name, value in sizes.items():
+        array = np.asarray(value)
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"{name} must be an integer or integer array, got dtype {array.dtype}")
+        if np.any(array <= 0):
+            raise ValueError(f"{name} must be positive, got {value!r}")
+        arrays.append(array.astype(np.int64))
+    return arrays
+
+
+def gemm_cycles(
+    m: ArrayLike,
+    n: ArrayLike,
+    k: ArrayLike,
+    groups: ArrayLike,
+    rows: ArrayLike,
+    cols: ArrayLike,
+    lanes: ArrayLike,
+    dataflow: str,
+) -> np.ndarray:
+    """Compute cycles (int64, broadcast over all arguments) of `groups` [m, k] x [k, n] GEMMs."""
+    if dataflow not in DATAFLOWS:
+        raise ValueError(f"unknown dataflow {dataflow!r}; choose one of {DATAFLOWS}")
+    m, n, k, groups, rows, cols, lanes = _as_sizes(
+        m=m, n=n, k=k, groups=groups, rows=rows, cols=cols, lanes=lanes
+    )
+    inner = _ceil_div(k, lanes)
+    row_dim, stream = (m, inner) if dataflow == "output_stationary" else (inner, m)
+    row_folds = _ceil_div(row_dim, rows)
+    col_folds = _ceil_div(n, cols)
+    per_group = row_folds * col_folds * (stream - 2) + 2 * row_dim * col_folds + n * row_folds
+    return np.asarray(groups * per_group, dtype=np.int64)
+
+
+def utilisation(
+    m: ArrayLike,
+    n: ArrayLike,
+    k: ArrayLike,
+    groups: ArrayLike,
+    rows: ArrayLike,
+    cols: ArrayLike,
+    lanes: ArrayLike,
+    dataflow: str,
+) -> np.ndarray:
+    """MACs / (cycles * rows * cols * lanes): the fraction of peak MAC throughput used, in (0, 1]."""
+    cycles = gemm_cycles(m, n, k, groups, rows, cols, lanes, dataflow)
+    macs = np.asarray(groups, dtype=np.float64) * m * n * k
+    return macs / (cycles * np.asarray(rows, dtype=np.float64) * cols * lanes)

@@ -1,0 +1,163 @@
+"""Accelerator specification: a typed YAML schema, validated like the experiment config.
+
+An accelerator is a PE array (rows x cols, a dataflow) of MAC units that take given operand widths,
+shift-add lanes for log-coded operands, lanes for PPOQ's sparse outliers, an accumulator width, a vector
+unit for the non-linear ops, on-chip SRAM levels and DRAM. Unknown keys (with a did-you-mean), wrong
+types and impossible values are UserInputErrors naming the field, so `hardware:` in an experiment
+config and a preset file fail the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+from adfq_sim.config import build_dataclass, check_choice, read_yaml_mapping
+from adfq_sim.errors import UserInputError
+from hw_models.dataflow import DATAFLOWS
+from hw_models.energy import UNIT_ENERGY
+
+VECTOR_OPS = ("layernorm", "softmax", "gelu", "requant", "add")
+
+
+@dataclass(frozen=True)
+class PEArray:
+    rows: int = 16
+    cols: int = 16
+    dataflow: str = "output_stationary"
+
+
+@dataclass(frozen=True)
+class MacUnit:
+    """A multiplier kind of every PE: operands up to a_bits x w_bits, `lanes` MACs per PE per cycle."""
+
+    a_bits: int = 8
+    w_bits: int = 8
+    lanes: int = 1
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    """The unit for non-GEMM integer ops: `lanes` elements per cycle, each op costing its cycles per element."""
+
+    lanes: int = 16
+    cycles_per_element: dict = field(default_factory=lambda: {"layernorm": 4.0, "softmax": 6.0, "gelu": 2.0,
+                                                                "requant": 1.0, "add": 1.0})
+
+
+@dataclass(frozen=True)
+class SramLevel:
+    name: str = "global_buffer"
+    size_kib: float = 512.0
+    width_bits: int = 128
+    banks: int = 1
+    pj_per_bit: Optional[float] = None  # None: the cost model's default for the size and node
+
+
+@dataclass(frozen=True)
+class Dram:
+    bandwidth_gb_s: float = 8.0
+    pj_per_bit: float = UNIT_ENERGY["dram_lpddr4"].pj
+
+
+@dataclass(frozen=True)
+class AcceleratorSpec:
+    name: str = "accelerator"
+    technology_nm: float = 28.0
+    clock_mhz: float = 800.0
+    pe_array: PEArray = field(default_factory=PEArray)
+    macs: list[MacUnit] = field(default_factory=lambda: [MacUnit(8, 8, 1), MacUnit(4, 4, 2)])
+    shift_add_lanes: int = 256  # log-coded operand x weight by shift + add, per cycle (0: none)
+    outlier_lanes: int = 16  # sparse outlier MACs per cycle (0: none)
+    accumulator_bits: int = 32
+    vector_unit: VectorUnit = field(default_factory=VectorUnit)
+    sram: list[SramLevel] = field(default_factory=lambda: [SramLevel()])
+    dram: Dram = field(default_factory=Dram)
+    energy_pj: dict = field(default_factory=dict)  # unit-energy overrides by UNIT_ENERGY name, at this node
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _positive(value: float, where: str) -> None:
+    if not value > 0:
+        raise UserInputError(f"{where}: must be > 0, got {value}")
+
+
+def _validate(spec: AcceleratorSpec) -> None:
+    for key in ("technology_nm", "clock_mhz"):
+        _positive(getattr(spec, key), key)
+    for key in ("shift_add_lanes", "outlier_lanes"):  # 0: no such unit (the MAC array does the work)
+        if getattr(spec, key) < 0:
+            raise UserInputError(f"{key}: must be >= 0, got {getattr(spec, key)}")
+    _positive(spec.pe_array.rows, "pe_array.rows")
+    _positive(spec.pe_array.cols, "pe_array.cols")
+    check_choice(spec.pe_array.dataflow, DATAFLOWS, "pe_array.dataflow")
+    if not spec.macs:
+        raise UserInputError("macs: at least one multiplier kind is needed")
+    for i, mac in enumerate(spec.macs):
+        for key in ("a_bits", "w_bits"):
+            if not 2 <= getattr(mac, key) <= 16:
+                raise UserInputError(f"macs[{i}].{key}: must be in 2..16, got {getattr(mac, key)}")
+        _positive(mac.lanes, f"macs[{i}].lanes")
+    if not 16 <= spec.accumulator_bits <= 64:
+        raise UserInputError(f"accumulator_bits: must be in 16..64, got {spec.accumulator_bits}")
+    _positive(spec.vector_unit.lanes, "vector_unit.lanes")
+    for op, cycles in spec.vector_unit.cycles_per_element.items():
+        check_choice(op, VECTOR_OPS, "vector_unit.cycles_per_element")
+        if isinstance(cycles, bool) or not isinstance(cycles, (int, float)) or not cycles > 0:
+            raise UserInputError(f"vector_unit.cycles_per_element.{op}: must be a number > 0, got {cycles!r}")
+    missing = set(VECTOR_OPS) - set(spec.vector_unit.cycles_per_element)
+    if missing:
+        raise UserInputError(f"vector_unit.cycles_per_element: missing {', '.join(sorted(missing))}")
+    if not spec.sram:
+        raise UserInputError("sram: at least one on-chip level is needed")
+    names = [level.name for level in spec.sram]
+    if len(set(names)) != len(names):
+        raise UserInputError(f"sram: level names must be unique, got {names}")
+    for i, level in enumerate(spec.sram):
+        for key in ("size_kib", "width_bits", "banks"):
+            _positive(getattr(level, key), f"sram[{i}].{key}")
+        if level.pj_per_bit is not None:
+            _positive(level.pj_per_bit, f"sram[{i}].pj_per_bit")
+    _positive(spec.dram.bandwidth_gb_s, "dram.bandwidth_gb_s")
+    _positive(spec.dram.pj_per_bit, "dram.pj_per_bit")
+    for name, pj in spec.energy_pj.items():
+        check_choice(name, UNIT_ENERGY, "energy_pj")
+        if isinstance(pj, bool) or not isinstance(pj, (int, float)) or not pj > 0:
+            raise UserInputError(f"energy_pj.{name}: must be a number > 0, got {pj!r}")
+
+
+def parse_spec(data: dict, where: str = "") -> AcceleratorSpec:
+    """An AcceleratorSpec from a mapping; errors name the field (prefixed by `where`)."""
+    try:
+        spec = build_dataclass(AcceleratorSpec, data, "")
+        _validate(spec)
+    except UserInputError as exc:
+        raise UserInputError(f"{where}{exc}") from None
+    return spec
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("hw_models.presets")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_spec(hardware: str | dict) -> AcceleratorSpec:
+    """A preset by name, a YAML file path, or an inline mapping (an experiment config's `hardware:`)."""
+    if isinstance(hardware, dict):
+        return parse_spec(hardware, "hardware.")
+    if hardware in preset_names():
+        path = Path(str(resources.files("hw_models.presets") / f"{hardware}.yaml"))
+        return parse_spec(read_yaml_mapping(path, "accelerator spec"), f"{path}: ")
+    if hardware.endswith((".yaml", ".yml")):
+        path = Path(hardware)
+        return parse_spec(read_yaml_mapping(path, "accelerator spec"), f"{path}: ")
+    import difflib
+
+    guess = difflib.get_close_matches(hardware, preset_names(), n=1)
+    hint = f"did you mean '{guess[0]}'?" if guess else f"presets: {', '.join(preset_names())}"
+    raise UserInputError(f"hardware: unknown accelerator preset {hardware!r} ({hint})")
