@@ -16,11 +16,15 @@ from adfq_sim.config import Config, parse_bits
 from adfq_sim.data.sources import DataSource, build_data_source
 from adfq_sim.environment import environment
 from adfq_sim.evaluate import agreement, collect_logits, fmt, sqnr_db, top1
+from adfq_sim.intsim.program import IntegerProgram
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.recipes import build_recipe
 from adfq_sim.rundir import atomic_run_dir
 from adfq_sim.verification import IntegerRun
+from hw_models.cost import cost
+from hw_models.spec import AcceleratorSpec, load_spec
+from hw_models.workload import workload
 from reports.tables import results_csv
 
 log = logging.getLogger("adfq_sim")
@@ -34,7 +38,7 @@ def _batches_total(count: int, batch_size: int) -> int:
 
 def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config, method: str, bits: str,
                           calib_batches: list[torch.Tensor], fp_logits: torch.Tensor,
-                          labels: torch.Tensor | None) -> dict:
+                          labels: torch.Tensor | None, spec: AcceleratorSpec) -> dict:
     """Calibrate one (method, bits) on the calibration images and compare it with FP32 on the eval set."""
     w_bits, a_bits = parse_bits(bits)
     start = time.perf_counter()
@@ -60,8 +64,19 @@ def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config,
         "outlier_ratio": qmodel.outlier_ratios(),
         "optimization": qmodel.optimization_report,
         "integer_evaluation": integer_entry,
+        "cost": _cost(integer.program, integer_entry, spec),
         "timings": {"calibrate_s": calibrate_s, "eval_s": eval_s, "integer_s": integer.seconds},
     }
+
+
+def _cost(program: IntegerProgram | None, integer: dict, spec: AcceleratorSpec) -> dict | None:
+    """One inference of the exported program on the accelerator (None where there is no program); PPOQ
+    outliers priced at their measured rate on the verified images."""
+    if program is None:
+        return None
+    verified = integer["verify"]
+    per_image = {name: count / verified["images"] for name, count in verified["outliers"]["per_tensor"].items()}
+    return cost(workload(program, per_image), spec).summary()
 
 
 def _attach_log(folder: Path) -> logging.Handler:
@@ -98,6 +113,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _run(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
+    spec = load_spec(cfg.hardware)
     loaded = load_model(cfg.model)
     data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)
     log.info("model %s (%s, %d classes); data %s: %d calibration / %d eval images", cfg.model.name,
@@ -114,9 +130,14 @@ def _run(cfg: Config) -> dict:
     entries = []
     for bits in cfg.quant.bits:
         for method in cfg.quant.methods:
-            entry = quantize_and_evaluate(loaded.model, data, cfg, method, bits, calib_batches, fp_logits, labels)
+            entry = quantize_and_evaluate(loaded.model, data, cfg, method, bits, calib_batches, fp_logits, labels,
+                                          spec)
             log.info("%s %s: top1 %s, agreement %.2f %%, SQNR %s dB", method, bits, fmt(entry["top1"]),
                      entry["agreement"], fmt(entry["sqnr_db"]))
+            if entry["cost"] is not None:
+                c = entry["cost"]
+                log.info("%s %s on %s: %.1f uJ, %.3f ms per inference, %.2f effective TOPS/W", method, bits,
+                         c["accelerator"], c["energy_per_inference_uj"], c["latency_ms"], c["effective_tops_per_w"])
             entries.append(entry)
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,
@@ -127,6 +148,7 @@ def _run(cfg: Config) -> dict:
                   "parameters": sum(p.numel() for p in loaded.model.parameters())},
         "data": data.description,
         "quantized_ops": QUANTIZED_OPS,
+        "hardware": spec.to_dict(),
         "fp32": fp32,
         "results": entries,
     }

@@ -49,8 +49,9 @@ def compare_codes(program: IntegerProgram, images: torch.Tensor) -> tuple[list[L
     _, simulated = run_simulator(program, images)
     _, faithful = run_faithful(program, images)
     outlier_tensors = [name for name in simulated if name.endswith("_outliers")]
-    outliers = {"count": sum(int(np.count_nonzero(simulated[n])) for n in outlier_tensors),
-                "elements": sum(int(simulated[n].size) for n in outlier_tensors)}
+    per_tensor = {n.removesuffix("_outliers"): int(np.count_nonzero(simulated[n])) for n in outlier_tensors}
+    outliers = {"count": sum(per_tensor.values()), "elements": sum(int(simulated[n].size) for n in outlier_tensors),
+                "per_tensor": per_tensor}
     return verify(simulated, faithful, program.tensor_formats()), outliers
 
 
@@ -76,7 +77,7 @@ class IntegerRun:
 
     def summary(self, q_logits: torch.Tensor, labels: torch.Tensor | None) -> dict:
         """Integer-simulator top-1 and agreement with the (paper-style) fake-quant, plus the verification
-        summary on the first `verify_images` eval images."""
+        summary on the first `verify_images` eval images (their PPOQ outliers per tensor included)."""
         if self.program is None:
             return self.entry
         start = time.perf_counter()

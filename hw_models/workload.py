@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adfq_sim.intsim.nonlinear_reference import LogOutput, StepOutput
-from adfq_sim.intsim.program import Gemm, IntegerProgram, LogOperand, Operand, TwinOperand
+from adfq_sim.intsim.program import RESIDUAL_BITS, Gemm, IntegerProgram, LogOperand, Operand, TwinOperand
+
+ACC_BITS = 32  # Q.K^T scores and the fc1 accumulator (GELU's input) leave their GEMM as int32
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class GemmOp:
     b_bits: int  # right operand (weight codes, or the other activation's codes)
     a_format: str
     weights: bool  # the right operand is a weight tensor (read from memory) rather than an activation
+    out_bits: int  # width of what the GEMM stores: the next op's codes, residual codes, or int32 scores
     outliers: float = 0.0  # PPOQ outliers in the left operand (measured, per image)
 
     @property
@@ -92,7 +95,7 @@ def workload(program: IntegerProgram, outliers_per_image: dict[str, float] | Non
     p = program
     t, d = p.tokens, p.cls_code.size
     gemms = [GemmOp("patch_embed", "dense", t - 1, d, p.embed.weight.shape[1], 1, _code_bits(p.image_qmax),
-                    _weight_bits(p.embed), p.embed.operand.format, True)]
+                    _weight_bits(p.embed), p.embed.operand.format, True, RESIDUAL_BITS)]
     vector = [VectorOp("embed_to_res", "requant", (t - 1) * d)]
     for i, b in enumerate(p.blocks):
         n = f"blocks.{i}."
@@ -101,16 +104,17 @@ def workload(program: IntegerProgram, outliers_per_image: dict[str, float] | Non
         q_bits, v_bits, pin_bits = (_code_bits(r.hi) for r in (b.to_q, b.to_v, b.to_proj_in))
         gemms += [
             GemmOp(n + "attn.qkv", _kind(b.qkv.operand), t, 3 * d, d, 1, _code_bits(b.norm1.out.qmax),
-                   _weight_bits(b.qkv), b.qkv.operand.format, True, outliers.get(n + "qkv_in", 0.0)),
-            GemmOp(n + "attn.qk", "dense", t, t, hd, b.heads, q_bits, _code_bits(b.to_k.hi), "uniform", False),
+                   _weight_bits(b.qkv), b.qkv.operand.format, True, q_bits, outliers.get(n + "qkv_in", 0.0)),
+            GemmOp(n + "attn.qk", "dense", t, t, hd, b.heads, q_bits, _code_bits(b.to_k.hi), "uniform", False,
+                   ACC_BITS),
             GemmOp(n + "attn.pv", _kind(b.pv.operand), t, hd, t, b.heads, _probs_bits(b.softmax.out), v_bits,
-                   b.pv.operand.format, False),
+                   b.pv.operand.format, False, pin_bits),
             GemmOp(n + "attn.proj", _kind(b.proj.operand), t, d, d, 1, pin_bits, _weight_bits(b.proj),
-                   b.proj.operand.format, True),
+                   b.proj.operand.format, True, RESIDUAL_BITS),
             GemmOp(n + "mlp.fc1", _kind(b.fc1.operand), t, hidden, d, 1, _code_bits(b.norm2.out.qmax),
-                   _weight_bits(b.fc1), b.fc1.operand.format, True, outliers.get(n + "fc1_in", 0.0)),
+                   _weight_bits(b.fc1), b.fc1.operand.format, True, ACC_BITS, outliers.get(n + "fc1_in", 0.0)),
             GemmOp(n + "mlp.fc2", _kind(b.fc2.operand), t, d, hidden, 1, _code_bits(int(b.gelu.codes.max())),
-                   _weight_bits(b.fc2), b.fc2.operand.format, True),
+                   _weight_bits(b.fc2), b.fc2.operand.format, True, RESIDUAL_BITS),
         ]
         vector += [VectorOp(n + "norm1", "layernorm", t * d), VectorOp(n + "attn.to_qkv", "requant", 3 * t * d),
                    VectorOp(n + "attn.softmax", "softmax", b.heads * t * t),
@@ -119,6 +123,6 @@ def workload(program: IntegerProgram, outliers_per_image: dict[str, float] | Non
                    VectorOp(n + "residual2", "add", t * d)]
     classes = p.head.weight.shape[0]
     gemms.append(GemmOp("head", _kind(p.head.operand), 1, classes, d, 1, _code_bits(p.norm.out.qmax),
-                        _weight_bits(p.head), p.head.operand.format, True))
+                        _weight_bits(p.head), p.head.operand.format, True, ACC_BITS))
     vector.append(VectorOp("norm", "layernorm", d))
     return Workload(gemms, vector)

@@ -1,0 +1,209 @@
+"""What one inference costs on an accelerator: compute cycles, memory traffic, energy, latency, per layer.
+
+The workload (`workload.py`) is read off the IntegerProgram, so these are the ops the simulator executes.
+The model, and every assumption in it:
+- Compute. A GEMM runs on the PE array with the narrowest MAC kind whose operand widths cover it
+  (`dataflow.gemm_cycles`, lanes from that kind); a log-coded operand (kind "shift") runs on the
+  shift-add lanes when the spec has them (one shift + add per lane per cycle), else on the array; PPOQ
+  outliers run on the outlier lanes (else on the array), one MAC per outlier and output channel.
+  Vector ops take elements x cycles_per_element / lanes.
+- Memory. Weights (codes plus a 32-bit rule and an 8-bit zero-point per output channel) are read from
+  DRAM once per inference, unless all of them fit in the on-chip SRAM (then they stay resident: no DRAM
+  weight traffic). A GEMM's input and output activations stay on chip when they fit in the SRAM beside
+  its weight tile, else they are read from / written to DRAM once. SRAM traffic follows the dataflow's
+  reuse: output-stationary reads A once per column fold and B once per row fold and writes each output
+  once (at the width the program stores it: codes, residual codes or int32 scores); weight-stationary
+  reads each weight once, A once per column fold, and writes + reads the partial sums
+  (accumulator_bits wide) once per row fold after the first.
+- Latency of a layer is the larger of its compute cycles and its memory cycles (DRAM bytes over the
+  bandwidth per cycle; SRAM bits over width x banks per cycle): each layer is either compute- or
+  bandwidth-bound, no overlap across layers.
+- Energy. A MAC costs its multiplier's int8_mult x (a x w) / 64, a and w the widths of the MAC kind
+  that runs it (quadratic in width, the Accelergy / Aladdin convention: 6-bit operands on an 8x8
+  multiplier cost 8x8), and its accumulation int32_add x accumulator_bits / 32 (linear); a shift-add costs
+  a tenth of an int8 multiply (REFERENCES: a barrel shift is about a tenth) plus the accumulation; an
+  outlier MAC is a 16 x w-bit multiply plus the accumulation; a vector op costs one int32 add per
+  element and cycle of work. SRAM costs sram_8kb_read per bit (or the level's pj_per_bit), DRAM the
+  spec's pj_per_bit. Logic energies scale from their 45 nm source linearly with the node
+  (node / 45), a first-order approximation; `energy_pj` overrides any unit at the spec's node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from hw_models.dataflow import gemm_cycles
+from hw_models.energy import UNIT_ENERGY
+from hw_models.spec import AcceleratorSpec, MacUnit
+from hw_models.workload import GemmOp, VectorOp, Workload
+
+RULE_BITS = 32 + 8  # per output channel: the dyadic rule (mantissa and shift) and a zero-point
+SHIFT_ADD_OF_MULT = 0.1  # a shift-add's multiply-part energy relative to an int8 multiply
+OUTLIER_CODE_BITS = 16
+COMPONENTS = ("dense_macs", "shift_adds", "outliers", "vector", "sram", "dram")
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    name: str
+    kind: str  # dense | shift | twin | vector
+    macs: int
+    compute_cycles: int
+    memory_cycles: int
+    sram_bits: float
+    dram_bits: float
+    energy_pj: dict[str, float]  # by COMPONENTS
+
+    @property
+    def cycles(self) -> int:
+        return max(self.compute_cycles, self.memory_cycles)
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_cycles >= self.memory_cycles else "memory"
+
+
+def unit_pj(spec: AcceleratorSpec, name: str) -> float:
+    """A unit energy at the spec's node: its override, else the table's value scaled from its node."""
+    if name in spec.energy_pj:
+        return float(spec.energy_pj[name])
+    unit = UNIT_ENERGY[name]
+    return unit.pj * (spec.technology_nm / unit.node_nm if unit.per == "op" else 1.0)
+
+
+def mac_unit(spec: AcceleratorSpec, a_bits: int, b_bits: int, name: str) -> MacUnit:
+    """The narrowest MAC kind whose operand widths cover (a_bits, b_bits)."""
+    fitting = [u for u in spec.macs if u.a_bits >= a_bits and u.w_bits >= b_bits]
+    if not fitting:
+        raise ValueError(f"{spec.name}: no MAC kind takes {a_bits}x{b_bits}-bit operands ({name})")
+    return min(fitting, key=lambda u: (u.a_bits * u.w_bits, -u.lanes))
+
+
+def _mac_pj(spec: AcceleratorSpec, a_bits: int, b_bits: int) -> float:
+    accumulate = unit_pj(spec, "int32_add") * spec.accumulator_bits / 32
+    return unit_pj(spec, "int8_mult") * a_bits * b_bits / 64 + accumulate
+
+
+def _weight_bits(g: GemmOp) -> int:
+    return g.n * g.k * g.b_bits + g.n * RULE_BITS
+
+
+def _sram_pj_per_bit(spec: AcceleratorSpec) -> float:
+    level = spec.sram[-1]
+    return level.pj_per_bit if level.pj_per_bit is not None else unit_pj(spec, "sram_8kb_read")
+
+
+def _gemm_cost(g: GemmOp, spec: AcceleratorSpec, weights_resident: bool, sram_bits_total: float) -> LayerCost:
+    rows, cols, dataflow = spec.pe_array.rows, spec.pe_array.cols, spec.pe_array.dataflow
+    unit = mac_unit(spec, g.a_bits, g.b_bits, g.name)
+    energy = dict.fromkeys(COMPONENTS, 0.0)
+    if g.kind == "shift" and spec.shift_add_lanes > 0:
+        compute = math.ceil(g.macs / spec.shift_add_lanes)
+        accumulate = unit_pj(spec, "int32_add") * spec.accumulator_bits / 32
+        energy["shift_adds"] = g.macs * (SHIFT_ADD_OF_MULT * unit_pj(spec, "int8_mult") + accumulate)
+    else:
+        compute = int(gemm_cycles(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, dataflow))
+        energy["dense_macs"] = g.macs * _mac_pj(spec, unit.a_bits, unit.w_bits)  # the multiplier that runs it
+    if g.outlier_macs:
+        lanes = spec.outlier_lanes or rows * cols
+        compute += math.ceil(g.outlier_macs / lanes)
+        energy["outliers"] = g.outlier_macs * _mac_pj(spec, OUTLIER_CODE_BITS, g.b_bits)
+    a_bits = g.groups * g.m * g.k * g.a_bits
+    b_bits = g.groups * g.k * g.n * g.b_bits if not g.weights else _weight_bits(g)
+    out_bits = g.groups * g.m * g.n * g.out_bits
+    partial_bits = g.groups * g.m * g.n * spec.accumulator_bits
+    # SRAM reuse by the dataflow (fold counts along the array's rows and columns)
+    col_folds = math.ceil(g.n / cols)
+    if dataflow == "output_stationary":
+        row_folds = math.ceil(g.m / rows)
+        sram = a_bits * col_folds + b_bits * row_folds + out_bits
+    else:
+        row_folds = math.ceil(math.ceil(g.k / unit.lanes) / rows)
+        sram = b_bits + a_bits * col_folds + partial_bits * 2 * (row_folds - 1) + out_bits
+    dram = 0.0
+    if g.weights and not weights_resident:
+        dram += b_bits
+    if a_bits + out_bits + min(b_bits, sram_bits_total) > sram_bits_total:
+        dram += a_bits + out_bits  # the activations do not fit beside the weights: spilled once
+    energy["sram"] = sram * _sram_pj_per_bit(spec)
+    energy["dram"] = dram * spec.dram.pj_per_bit
+    return LayerCost(g.name, g.kind, g.macs, compute, _memory_cycles(spec, sram, dram), sram, dram, energy)
+
+
+def _memory_cycles(spec: AcceleratorSpec, sram_bits: float, dram_bits: float) -> int:
+    level = spec.sram[-1]
+    dram_bits_per_cycle = spec.dram.bandwidth_gb_s * 8e9 / (spec.clock_mhz * 1e6)
+    sram_cycles = sram_bits / (level.width_bits * level.banks)
+    return int(math.ceil(max(sram_cycles, dram_bits / dram_bits_per_cycle)))
+
+
+def _vector_cost(v: VectorOp, spec: AcceleratorSpec) -> LayerCost:
+    work = v.elements * spec.vector_unit.cycles_per_element[v.kind]
+    energy = dict.fromkeys(COMPONENTS, 0.0)
+    energy["vector"] = work * unit_pj(spec, "int32_add")
+    return LayerCost(v.name, "vector", 0, int(math.ceil(work / spec.vector_unit.lanes)), 0, 0.0, 0.0, energy)
+
+
+@dataclass(frozen=True)
+class Cost:
+    spec: AcceleratorSpec
+    layers: list[LayerCost]
+    weight_bits: float
+    peak_activation_bits: float
+    outlier_bits: float
+
+    @property
+    def cycles(self) -> int:
+        return sum(layer.cycles for layer in self.layers)
+
+    @property
+    def latency_s(self) -> float:
+        return self.cycles / (self.spec.clock_mhz * 1e6)
+
+    def energy_pj(self) -> dict[str, float]:
+        return {c: sum(layer.energy_pj[c] for layer in self.layers) for c in COMPONENTS}
+
+    @property
+    def total_energy_pj(self) -> float:
+        return sum(self.energy_pj().values())
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    def summary(self) -> dict:
+        """The totals that results.json / cost.json report (units in the key names)."""
+        energy = self.energy_pj()
+        joules = self.total_energy_pj * 1e-12
+        return {"accelerator": self.spec.name, "macs": self.macs,
+                "macs_by_kind": {k: sum(l.macs for l in self.layers if l.kind == k) for k in ("dense", "shift", "twin")},
+                "memory_bytes": {"weights": self.weight_bits / 8, "peak_activations": self.peak_activation_bits / 8,
+                                 "outliers": self.outlier_bits / 8},
+                "sram_bytes": sum(l.sram_bits for l in self.layers) / 8,
+                "dram_bytes": sum(l.dram_bits for l in self.layers) / 8,
+                "energy_uj": {c: e * 1e-6 for c, e in energy.items()},
+                "energy_per_inference_uj": self.total_energy_pj * 1e-6,
+                "cycles": self.cycles, "latency_ms": self.latency_s * 1e3,
+                "inferences_per_s": 1.0 / self.latency_s,
+                "effective_tops_per_w": 2 * self.macs / joules / 1e12 if joules else None,
+                "memory_bound_layers": sum(l.bound == "memory" for l in self.layers if l.kind != "vector")}
+
+    def layer_rows(self) -> list[dict]:
+        return [{**{k: v for k, v in asdict(l).items() if k != "energy_pj"}, "cycles": l.cycles,
+                 "bound": l.bound, "energy_pj": l.energy_pj} for l in self.layers]
+
+
+def cost(load: Workload, spec: AcceleratorSpec) -> Cost:
+    """Per-layer and total cost of one inference of `load` on `spec`."""
+    sram_bits_total = sum(level.size_kib for level in spec.sram) * 1024 * 8
+    weight_bits = float(sum(_weight_bits(g) for g in load.gemms if g.weights))
+    resident = weight_bits <= sram_bits_total
+    layers = [_gemm_cost(g, spec, resident, sram_bits_total) for g in load.gemms]
+    layers += [_vector_cost(v, spec) for v in load.vector_ops]
+    peak = max(g.groups * (g.m * g.k * g.a_bits + g.m * g.n * g.out_bits) for g in load.gemms)
+    index_bits = max(1, int(np.ceil(np.log2(max(g.m * g.k for g in load.gemms)))))
+    outliers = sum(g.outliers for g in load.gemms) * (OUTLIER_CODE_BITS + index_bits)
+    return Cost(spec, layers, weight_bits, float(peak), float(outliers))

@@ -1,0 +1,81 @@
+"""The cost model's properties (issue 5): energy is the sum of its parts, more bits never cost less,
+more bandwidth never adds latency, a bigger array never adds compute cycles, no outliers cost nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import timm
+import torch
+
+from adfq_sim.config import QuantConfig
+from adfq_sim.intsim.export import export
+from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.recipes import build_recipe
+from hw_models.cost import COMPONENTS, cost
+from hw_models.spec import load_spec, preset_names
+from hw_models.workload import workload
+
+
+@pytest.fixture(scope="module")
+def deit_small_loads():
+    torch.manual_seed(0)
+    model = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
+    calib = [torch.randn(2, 3, 224, 224)]
+    quant = QuantConfig(adfq=dataclasses.replace(QuantConfig().adfq, asmo=False))
+    return {(method, bits): workload(export(quantize_model(model, build_recipe(method, quant), bits, bits, calib),
+                                            calib), {f"blocks.{i}.qkv_in": 1000.0 for i in range(12)})
+            for method in ("minmax", "adfq") for bits in (8, 4)}
+
+
+@pytest.mark.parametrize("preset", ["edge_npu", "eyeriss_like", "edge_tpu_like"])
+def test_energy_is_the_sum_of_its_parts(deit_small_loads, preset):
+    result = cost(deit_small_loads["adfq", 4], load_spec(preset))
+    parts = result.energy_pj()
+    assert set(parts) == set(COMPONENTS) and all(v >= 0 for v in parts.values())
+    assert result.total_energy_pj == pytest.approx(sum(parts.values()), rel=1e-12)
+    assert result.total_energy_pj == pytest.approx(sum(sum(l.energy_pj.values()) for l in result.layers), rel=1e-12)
+    summary = result.summary()
+    assert summary["macs"] == deit_small_loads["adfq", 4].macs()
+    assert summary["inferences_per_s"] == pytest.approx(1.0 / result.latency_s)
+
+
+@pytest.mark.parametrize("preset", sorted({"edge_npu", "nvdla_small_like", "ethos_u55_like"}))
+def test_more_bits_never_cost_less(deit_small_loads, preset):
+    spec = load_spec(preset)
+    for method in ("minmax", "adfq"):
+        low, high = cost(deit_small_loads[method, 4], spec), cost(deit_small_loads[method, 8], spec)
+        assert high.total_energy_pj >= low.total_energy_pj
+        assert high.cycles >= low.cycles and high.weight_bits > low.weight_bits
+
+
+def test_more_bandwidth_never_adds_latency_and_a_bigger_array_never_adds_compute(deit_small_loads):
+    load = deit_small_loads["minmax", 8]
+    base = load_spec("edge_npu")
+    cycles = [cost(load, dataclasses.replace(base, dram=dataclasses.replace(base.dram, bandwidth_gb_s=bw))).cycles
+              for bw in (0.5, 1, 2, 4, 8, 16, 64)]
+    assert cycles == sorted(cycles, reverse=True) and cycles[0] > cycles[-1]
+    for dataflow in ("output_stationary", "weight_stationary"):
+        compute = [sum(l.compute_cycles for l in cost(load, dataclasses.replace(
+            base, pe_array=dataclasses.replace(base.pe_array, rows=r, cols=c, dataflow=dataflow))).layers)
+            for r, c in ((4, 4), (8, 4), (8, 8), (16, 16), (32, 16), (64, 64))]
+        assert compute == sorted(compute, reverse=True) and compute[0] > compute[-1]
+
+
+def test_zero_outliers_cost_nothing_on_the_outlier_path(deit_small_loads):
+    load = deit_small_loads["adfq", 4]
+    spec = load_spec("edge_npu")
+    none = dataclasses.replace(load, gemms=[dataclasses.replace(g, outliers=0.0) for g in load.gemms])
+    with_outliers, without = cost(load, spec), cost(none, spec)
+    assert without.energy_pj()["outliers"] == 0 and without.outlier_bits == 0
+    assert with_outliers.energy_pj()["outliers"] > 0 and with_outliers.cycles > without.cycles
+    assert {k: v for k, v in without.energy_pj().items() if k != "outliers"} == \
+        {k: v for k, v in with_outliers.energy_pj().items() if k != "outliers"}
+
+
+def test_every_preset_prices_every_format(deit_small_loads):
+    for preset in preset_names():
+        for load in deit_small_loads.values():
+            summary = cost(load, load_spec(preset)).summary()
+            assert summary["energy_per_inference_uj"] > 0 and summary["latency_ms"] > 0
