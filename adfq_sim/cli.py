@@ -54,6 +54,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cost(args: argparse.Namespace) -> int:
+    from adfq_sim.costing import run_cost
+
+    print(run_cost(_config(args), args.hardware))
+    return 0
+
+
 def _cmd_train_demo(args: argparse.Namespace) -> int:
     import hashlib
 
@@ -106,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a saved IntegerProgram (.npz, e.g. from a previous verify's programs/) to verify "
                           "instead of calibrating the config's methods")
     ver.set_defaults(func=_cmd_verify)
+
+    cost = sub.add_parser("cost", help="price every (method, bits) of a config on an accelerator, per layer",
+                          description="For every (method, bits) of the config: calibrate, export the "
+                                      "IntegerProgram and price one inference on the accelerator (the "
+                                      "config's hardware, or --hardware): per-layer table and totals on "
+                                      "stderr, <out>/<name>/cost.json.")
+    _experiment_arguments(cost)
+    cost.add_argument("--hardware", metavar="PRESET_OR_FILE",
+                      help="accelerator preset name or spec YAML file (overrides the config's hardware)")
+    cost.set_defaults(func=_cmd_cost)
 
     train = sub.add_parser("train-demo", help="retrain the embedded demo ViT deterministically",
                            description="Train the demo ViT on the bundled digits' train split with the fixed "

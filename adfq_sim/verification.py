@@ -35,7 +35,8 @@ from adfq_sim.quant.recipes import build_recipe
 log = logging.getLogger("adfq_sim")
 
 
-def _export(qmodel: QuantModel, calib: list[torch.Tensor], label: str) -> tuple[IntegerProgram | None, dict]:
+def try_export(qmodel: QuantModel, calib: list[torch.Tensor], label: str) -> tuple[IntegerProgram | None, dict]:
+    """The program, or None with the reason where the exporter cannot express the model."""
     try:
         return export(qmodel, calib), {"exported": True}
     except UnsupportedProgramError as exc:
@@ -61,7 +62,7 @@ class IntegerRun:
 
     def __init__(self, qmodel: QuantModel, calib: list[torch.Tensor], verify_images: int, label: str) -> None:
         start = time.perf_counter()
-        self.program, self.entry = _export(qmodel, calib, label)
+        self.program, self.entry = try_export(qmodel, calib, label)
         self.verify_images, self.label = verify_images, label
         self.logits: list[torch.Tensor] = []
         self.verified: list[torch.Tensor] = []
@@ -106,7 +107,7 @@ def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, cal
     w_bits, a_bits = parse_bits(bits)
     qmodel = quantize_model(model, build_recipe(method, cfg.quant), w_bits, a_bits, calib)
     label = f"{method} {bits}"
-    program, entry = _export(qmodel, calib, label)
+    program, entry = try_export(qmodel, calib, label)
     entry = {"method": method, "bits": bits, **entry}
     if program is None:
         return entry

@@ -136,3 +136,25 @@ def test_verify_command_reports_zero_mismatches(tmp_path: Path) -> None:
     proc = _cli("verify", "--config", "v.yaml", "--program", "v.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "v.yaml: not an integer program file" in proc.stderr
+
+
+def test_cost_command_prices_each_program_per_layer(tmp_path: Path) -> None:
+    import json
+
+    write_config(tmp_path / "c.yaml", {"data": {"calib_images": 16}, "verify": {"images": 2},
+                                       "quant": {"methods": ["minmax", "adfq"], "bits": ["w4a4"],
+                                                 "adfq": {"asmo": False, "alpha_qkv": 1.0}}})
+    proc = _cli("cost", "--config", "c.yaml", "--out", "out", "--hardware", "edge_tpu_like", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "c" / "cost.json").read_text())
+    assert report["hardware"]["name"] == "edge_tpu_like"
+    minmax, adfq = report["results"]
+    for entry in (minmax, adfq):
+        layer_energy = sum(sum(layer["energy_pj"].values()) for layer in entry["layers"])
+        assert abs(layer_energy * 1e-6 - entry["energy_per_inference_uj"]) < 1e-9 * layer_energy
+        assert sum(layer["macs"] for layer in entry["layers"]) == entry["macs"]
+    assert adfq["macs_by_kind"]["shift"] > 0 and minmax["macs_by_kind"]["shift"] == 0
+    assert adfq["energy_uj"]["outliers"] > 0 and adfq["memory_bytes"]["outliers"] > 0  # alpha 1: real traffic
+    assert "blocks.0.attn.qkv" in proc.stderr and "total" in proc.stderr  # the per-layer table
+    proc = _cli("cost", "--config", "c.yaml", "--hardware", "edge_npv", cwd=tmp_path)
+    assert proc.returncode == 2 and "did you mean 'edge_npu'" in proc.stderr and not (tmp_path / "runs").exists()

@@ -1,0 +1,81 @@
+"""`adfq-sim cost`: every configured (method, bits) exported and priced on an accelerator, per layer.
+
+Writes `<out>/<name>/cost.json` atomically (beside a run's results, without touching them). PPOQ
+outliers are counted by the integer simulator on the first `verify.images` eval images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adfq_sim.config import Config, parse_bits
+from adfq_sim.data.sources import build_data_source
+from adfq_sim.intsim.execute import run_simulator
+from adfq_sim.models.loading import load_model
+from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.recipes import build_recipe
+from adfq_sim.verification import try_export
+from hw_models.cost import COMPONENTS, Cost, cost
+from hw_models.spec import AcceleratorSpec, load_spec
+from hw_models.workload import workload
+
+log = logging.getLogger("adfq_sim")
+
+
+def format_cost_table(result: Cost) -> str:
+    """One row per layer (op, kind, MACs, cycles, bound, energy in nJ) and a total line."""
+    header = ("layer", "kind", "MACs", "cycles", "bound", "energy nJ")
+    rows = [(l.name, l.kind, f"{l.macs:,}", f"{l.cycles:,}", l.bound if l.kind != "vector" else "-",
+             f"{sum(l.energy_pj.values()) / 1e3:.2f}") for l in result.layers]
+    rows.append(("total", "", f"{result.macs:,}", f"{result.cycles:,}", "", f"{result.total_energy_pj / 1e3:.2f}"))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 or i == 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in [header, *rows])
+
+
+def _outliers_per_image(program, images: torch.Tensor) -> dict[str, float]:
+    _, codes = run_simulator(program, images)
+    return {name.removesuffix("_outliers"): float(np.count_nonzero(c)) / len(images)
+            for name, c in codes.items() if name.endswith("_outliers")}
+
+
+def _cost_one(model: torch.nn.Module, cfg: Config, spec: AcceleratorSpec, method: str, bits: str,
+              calib: list[torch.Tensor], images: torch.Tensor) -> dict:
+    w_bits, a_bits = parse_bits(bits)
+    qmodel = quantize_model(model, build_recipe(method, cfg.quant), w_bits, a_bits, calib)
+    label = f"{method} {bits}"
+    program, entry = try_export(qmodel, calib, label)
+    entry = {"method": method, "bits": bits, **entry}
+    if program is None:
+        return entry
+    result = cost(workload(program, _outliers_per_image(program, images)), spec)
+    summary = result.summary()
+    log.info("%s on %s: %.2f uJ, %.3f ms per inference\n%s", label, spec.name, summary["energy_per_inference_uj"],
+             summary["latency_ms"], format_cost_table(result))
+    return {**entry, **summary, "layers": result.layer_rows()}
+
+
+def run_cost(cfg: Config, hardware: str | None = None) -> Path:
+    """Price every configured (method, bits) on `hardware` (default: the config's); returns cost.json's path."""
+    spec = load_spec(cfg.hardware if hardware is None else hardware)
+    torch.manual_seed(cfg.seed)
+    loaded = load_model(cfg.model)
+    data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)
+    calib = [images for images, _ in data.batches("calib", cfg.data.batch_size)]
+    images = torch.cat([images for images, _ in data.batches("eval", cfg.data.batch_size)])[:cfg.verify.images]
+    entries = [_cost_one(loaded.model, cfg, spec, method, bits, calib, images)
+               for bits in cfg.quant.bits for method in cfg.quant.methods]
+    folder = Path(cfg.out) / cfg.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "cost.json"
+    tmp = folder / f".cost.json.partial-{os.getpid()}"
+    tmp.write_text(json.dumps({"config": cfg.to_dict(), "hardware": spec.to_dict(), "components": list(COMPONENTS),
+                               "results": entries}, indent=2) + "\n")
+    tmp.replace(path)
+    return path
