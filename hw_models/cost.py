@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from hw_models.dataflow import gemm_cycles
+from hw_models.dataflow import utilisation as utilisation_of
 from hw_models.energy import UNIT_ENERGY
 from hw_models.spec import AcceleratorSpec, MacUnit
 from hw_models.workload import GemmOp, VectorOp, Workload
@@ -56,6 +57,8 @@ class LayerCost:
     sram_bits: float
     dram_bits: float
     energy_pj: dict[str, float]  # by COMPONENTS
+    precision: str = ""  # the MAC kind that runs a GEMM on the array ("8x8"), "" otherwise
+    utilisation: float | None = None  # MACs / (compute cycles x PEs x lanes) on the array, fold edges included
 
     @property
     def cycles(self) -> int:
@@ -96,48 +99,59 @@ def _sram_pj_per_bit(spec: AcceleratorSpec) -> float:
     return level.pj_per_bit if level.pj_per_bit is not None else unit_pj(spec, "sram_8kb_read")
 
 
-def _gemm_cost(g: GemmOp, spec: AcceleratorSpec, weights_resident: bool, sram_bits_total: float) -> LayerCost:
-    rows, cols, dataflow = spec.pe_array.rows, spec.pe_array.cols, spec.pe_array.dataflow
+def _gemm_arrays(g: GemmOp, spec: AcceleratorSpec, rows: np.ndarray, cols: np.ndarray, resident: np.ndarray,
+                 sram_bits_total: np.ndarray, bandwidth_gb_s: np.ndarray) -> dict[str, np.ndarray]:
+    """One GEMM's cycles, traffic and energy for variants of `spec` that differ in the broadcast arrays
+    (array shape, SRAM size, DRAM bandwidth): the one implementation of the model, scalar or swept."""
+    dataflow = spec.pe_array.dataflow
     unit = mac_unit(spec, g.a_bits, g.b_bits, g.name)
-    energy = dict.fromkeys(COMPONENTS, 0.0)
+    zero = np.zeros(np.broadcast(rows, cols, sram_bits_total, bandwidth_gb_s).shape)
+    energy = {c: zero for c in COMPONENTS}
     if g.kind == "shift" and spec.shift_add_lanes > 0:
-        compute = math.ceil(g.macs / spec.shift_add_lanes)
+        compute = zero + math.ceil(g.macs / spec.shift_add_lanes)
         accumulate = unit_pj(spec, "int32_add") * spec.accumulator_bits / 32
-        energy["shift_adds"] = g.macs * (SHIFT_ADD_OF_MULT * unit_pj(spec, "int8_mult") + accumulate)
+        energy["shift_adds"] = zero + g.macs * (SHIFT_ADD_OF_MULT * unit_pj(spec, "int8_mult") + accumulate)
     else:
-        compute = int(gemm_cycles(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, dataflow))
-        energy["dense_macs"] = g.macs * _mac_pj(spec, unit.a_bits, unit.w_bits)  # the multiplier that runs it
+        compute = zero + gemm_cycles(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, dataflow)
+        energy["dense_macs"] = zero + g.macs * _mac_pj(spec, unit.a_bits, unit.w_bits)  # the multiplier that runs it
     if g.outlier_macs:
-        lanes = spec.outlier_lanes or rows * cols
-        compute += math.ceil(g.outlier_macs / lanes)
-        energy["outliers"] = g.outlier_macs * _mac_pj(spec, OUTLIER_CODE_BITS, g.b_bits)
+        lanes = spec.outlier_lanes if spec.outlier_lanes else rows * cols
+        compute = compute + np.ceil(g.outlier_macs / lanes)
+        energy["outliers"] = zero + g.outlier_macs * _mac_pj(spec, OUTLIER_CODE_BITS, g.b_bits)
     a_bits = g.groups * g.m * g.k * g.a_bits
     b_bits = g.groups * g.k * g.n * g.b_bits if not g.weights else _weight_bits(g)
     out_bits = g.groups * g.m * g.n * g.out_bits
     partial_bits = g.groups * g.m * g.n * spec.accumulator_bits
     # SRAM reuse by the dataflow (fold counts along the array's rows and columns)
-    col_folds = math.ceil(g.n / cols)
+    col_folds = np.ceil(g.n / cols)
     if dataflow == "output_stationary":
-        row_folds = math.ceil(g.m / rows)
-        sram = a_bits * col_folds + b_bits * row_folds + out_bits
+        sram = a_bits * col_folds + b_bits * np.ceil(g.m / rows) + out_bits
     else:
-        row_folds = math.ceil(math.ceil(g.k / unit.lanes) / rows)
+        row_folds = np.ceil(math.ceil(g.k / unit.lanes) / rows)
         sram = b_bits + a_bits * col_folds + partial_bits * 2 * (row_folds - 1) + out_bits
-    dram = 0.0
-    if g.weights and not weights_resident:
-        dram += b_bits
-    if a_bits + out_bits + min(b_bits, sram_bits_total) > sram_bits_total:
-        dram += a_bits + out_bits  # the activations do not fit beside the weights: spilled once
+    sram = zero + sram
+    dram = zero + np.where(g.weights & ~resident, b_bits, 0.0)
+    spill = a_bits + out_bits + np.minimum(b_bits, sram_bits_total) > sram_bits_total
+    dram = dram + np.where(spill, a_bits + out_bits, 0.0)  # activations that do not fit beside the weights
     energy["sram"] = sram * _sram_pj_per_bit(spec)
     energy["dram"] = dram * spec.dram.pj_per_bit
-    return LayerCost(g.name, g.kind, g.macs, compute, _memory_cycles(spec, sram, dram), sram, dram, energy)
-
-
-def _memory_cycles(spec: AcceleratorSpec, sram_bits: float, dram_bits: float) -> int:
     level = spec.sram[-1]
-    dram_bits_per_cycle = spec.dram.bandwidth_gb_s * 8e9 / (spec.clock_mhz * 1e6)
-    sram_cycles = sram_bits / (level.width_bits * level.banks)
-    return int(math.ceil(max(sram_cycles, dram_bits / dram_bits_per_cycle)))
+    dram_bits_per_cycle = bandwidth_gb_s * 8e9 / (spec.clock_mhz * 1e6)
+    memory = np.ceil(np.maximum(sram / (level.width_bits * level.banks), dram / dram_bits_per_cycle))
+    return {"compute": compute, "memory": memory, "sram": sram, "dram": dram, **energy}
+
+
+def _gemm_cost(g: GemmOp, spec: AcceleratorSpec, resident: bool, sram_bits_total: float) -> LayerCost:
+    rows, cols = spec.pe_array.rows, spec.pe_array.cols
+    r = _gemm_arrays(g, spec, np.asarray(rows), np.asarray(cols), np.asarray(resident), np.asarray(sram_bits_total),
+                     np.asarray(spec.dram.bandwidth_gb_s))
+    precision, utilisation = "", None
+    if not (g.kind == "shift" and spec.shift_add_lanes > 0):  # on the PE array
+        unit = mac_unit(spec, g.a_bits, g.b_bits, g.name)
+        precision = f"{unit.a_bits}x{unit.w_bits}"
+        utilisation = float(utilisation_of(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, spec.pe_array.dataflow))
+    return LayerCost(g.name, g.kind, g.macs, int(r["compute"]), int(r["memory"]), float(r["sram"]), float(r["dram"]),
+                     {c: float(r[c]) for c in COMPONENTS}, precision, utilisation)
 
 
 def _vector_cost(v: VectorOp, spec: AcceleratorSpec) -> LayerCost:
@@ -180,6 +194,8 @@ class Cost:
         joules = self.total_energy_pj * 1e-12
         return {"accelerator": self.spec.name, "macs": self.macs,
                 "macs_by_kind": {k: sum(l.macs for l in self.layers if l.kind == k) for k in ("dense", "shift", "twin")},
+                "macs_by_precision": {p: sum(l.macs for l in self.layers if l.precision == p)
+                                      for p in sorted({l.precision for l in self.layers if l.precision})},
                 "memory_bytes": {"weights": self.weight_bits / 8, "peak_activations": self.peak_activation_bits / 8,
                                  "outliers": self.outlier_bits / 8},
                 "sram_bytes": sum(l.sram_bits for l in self.layers) / 8,
@@ -207,3 +223,31 @@ def cost(load: Workload, spec: AcceleratorSpec) -> Cost:
     index_bits = max(1, int(np.ceil(np.log2(max(g.m * g.k for g in load.gemms)))))
     outliers = sum(g.outliers for g in load.gemms) * (OUTLIER_CODE_BITS + index_bits)
     return Cost(spec, layers, weight_bits, float(peak), float(outliers))
+
+
+def sweep(load: Workload, spec: AcceleratorSpec, *, rows: np.ndarray | int | None = None,
+          cols: np.ndarray | int | None = None, sram_kib: np.ndarray | float | None = None,
+          bandwidth_gb_s: np.ndarray | float | None = None) -> dict[str, np.ndarray]:
+    """Totals of one inference for many variants of `spec` in one vectorised call.
+
+    Each given axis is an array (all broadcast together): PE rows and columns, the total on-chip SRAM
+    (KiB) and the DRAM bandwidth; the rest comes from `spec`. Bit-widths are a workload property: sweep
+    each (method, bits) workload. Equal to `cost` variant by variant (tested).
+    """
+    rows = np.asarray(spec.pe_array.rows if rows is None else rows)
+    cols = np.asarray(spec.pe_array.cols if cols is None else cols)
+    total_kib = sum(level.size_kib for level in spec.sram) if sram_kib is None else sram_kib
+    sram_bits_total = np.asarray(total_kib, dtype=np.float64) * 1024 * 8
+    bandwidth = np.asarray(spec.dram.bandwidth_gb_s if bandwidth_gb_s is None else bandwidth_gb_s, dtype=np.float64)
+    resident = float(sum(_weight_bits(g) for g in load.gemms if g.weights)) <= sram_bits_total
+    cycles, energy = 0.0, 0.0
+    for g in load.gemms:
+        r = _gemm_arrays(g, spec, rows, cols, resident, sram_bits_total, bandwidth)
+        cycles = cycles + np.maximum(r["compute"], r["memory"])
+        energy = energy + sum(r[c] for c in COMPONENTS)
+    for v in load.vector_ops:
+        layer = _vector_cost(v, spec)
+        cycles, energy = cycles + layer.compute_cycles, energy + sum(layer.energy_pj.values())
+    latency = cycles / (spec.clock_mhz * 1e6)
+    return {"cycles": cycles, "latency_s": latency, "inferences_per_s": 1.0 / latency, "energy_pj": energy,
+            "effective_tops_per_w": 2 * load.macs() / (energy * 1e-12) / 1e12}

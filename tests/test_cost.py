@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -37,6 +38,9 @@ def test_energy_is_the_sum_of_its_parts(deit_small_loads, preset):
     assert result.total_energy_pj == pytest.approx(sum(parts.values()), rel=1e-12)
     assert result.total_energy_pj == pytest.approx(sum(sum(l.energy_pj.values()) for l in result.layers), rel=1e-12)
     summary = result.summary()
+    on_array = summary["macs"] - (summary["macs_by_kind"]["shift"] if load_spec(preset).shift_add_lanes else 0)
+    assert sum(summary["macs_by_precision"].values()) == on_array  # shift-adds run off the array
+    assert all(0 < l.utilisation <= 1 for l in result.layers if l.utilisation is not None)
     assert summary["macs"] == deit_small_loads["adfq", 4].macs()
     assert summary["inferences_per_s"] == pytest.approx(1.0 / result.latency_s)
 
@@ -79,3 +83,24 @@ def test_every_preset_prices_every_format(deit_small_loads):
         for load in deit_small_loads.values():
             summary = cost(load, load_spec(preset)).summary()
             assert summary["energy_per_inference_uj"] > 0 and summary["latency_ms"] > 0
+
+
+def test_sweep_equals_cost_variant_by_variant(deit_small_loads):
+    from hw_models.cost import sweep
+
+    load, base = deit_small_loads["adfq", 4], load_spec("edge_npu")
+    rows, cols = np.array([4, 16, 32, 64])[:, None], np.array([8, 16, 48])[None, :]
+    sram = np.array([64.0, 512.0, 32768.0])[:, None, None]
+    bandwidth = np.array([1.0, 8.5, 100.0])[:, None, None, None]
+    swept = sweep(load, base, rows=rows, cols=cols, sram_kib=sram, bandwidth_gb_s=bandwidth)
+    assert swept["cycles"].shape == (3, 3, 4, 3)
+    for b, bw in enumerate(bandwidth.ravel()):
+        for s, kib in enumerate(sram.ravel()):
+            for i, r in enumerate(rows.ravel()):
+                for j, c in enumerate(cols.ravel()):
+                    spec = dataclasses.replace(base, pe_array=dataclasses.replace(base.pe_array, rows=int(r), cols=int(c)),
+                                               sram=[dataclasses.replace(base.sram[0], size_kib=float(kib))],
+                                               dram=dataclasses.replace(base.dram, bandwidth_gb_s=float(bw)))
+                    one = cost(load, spec)
+                    assert swept["cycles"][b, s, i, j] == one.cycles
+                    assert swept["energy_pj"][b, s, i, j] == pytest.approx(one.total_energy_pj, rel=1e-12)
