@@ -11,7 +11,8 @@ The model, and every assumption in it:
   DRAM once per inference, unless all of them fit in the on-chip SRAM (then they stay resident: no DRAM
   weight traffic). A GEMM's input and output activations stay on chip when they fit in the SRAM beside
   its weight tile, else they are read from / written to DRAM once. SRAM traffic follows the dataflow's
-  reuse: output-stationary reads A once per column fold and B once per row fold and writes each output
+  reuse at the innermost level (the last of `sram`; every outer level passes each operand once):
+  output-stationary reads A once per column fold and B once per row fold and writes each output
   once (at the width the program stores it: codes, residual codes or int32 scores); weight-stationary
   reads each weight once, A once per column fold, and writes + reads the partial sums
   (accumulator_bits wide) once per row fold after the first.
@@ -23,8 +24,9 @@ The model, and every assumption in it:
   multiplier cost 8x8), and its accumulation int32_add x accumulator_bits / 32 (linear); a shift-add costs
   a tenth of an int8 multiply (REFERENCES: a barrel shift is about a tenth) plus the accumulation; an
   outlier MAC is a 16 x w-bit multiply plus the accumulation; a vector op costs one int32 add per
-  element and cycle of work. SRAM costs sram_8kb_read per bit (or the level's pj_per_bit), DRAM the
-  spec's pj_per_bit. Logic energies scale from their 45 nm source linearly with the node
+  element and cycle of work. An SRAM level costs its pj_per_bit, else the per-bit read of Horowitz's
+  8 KB SRAM whatever its size (an optimistic default for large buffers: set pj_per_bit per level for a
+  CACTI figure); DRAM the spec's pj_per_bit. Logic energies scale from their 45 nm source linearly with the node
   (node / 45), a first-order approximation; `energy_pj` overrides any unit at the spec's node.
 """
 
@@ -38,7 +40,7 @@ import numpy as np
 from hw_models.dataflow import gemm_cycles
 from hw_models.dataflow import utilisation as utilisation_of
 from hw_models.energy import UNIT_ENERGY
-from hw_models.spec import AcceleratorSpec, MacUnit
+from hw_models.spec import AcceleratorSpec, MacUnit, SramLevel
 from hw_models.workload import GemmOp, VectorOp, Workload
 
 RULE_BITS = 32 + 8  # per output channel: the dyadic rule (mantissa and shift) and a zero-point
@@ -59,6 +61,7 @@ class LayerCost:
     energy_pj: dict[str, float]  # by COMPONENTS
     precision: str = ""  # the MAC kind that runs a GEMM on the array ("8x8"), "" otherwise
     utilisation: float | None = None  # MACs / (compute cycles x PEs x lanes) on the array, fold edges included
+    sram_bits_by_level: dict[str, float] | None = None
 
     @property
     def cycles(self) -> int:
@@ -94,15 +97,17 @@ def _weight_bits(g: GemmOp) -> int:
     return g.n * g.k * g.b_bits + g.n * RULE_BITS
 
 
-def _sram_pj_per_bit(spec: AcceleratorSpec) -> float:
-    level = spec.sram[-1]
+def level_pj_per_bit(spec: AcceleratorSpec, level: SramLevel) -> float:
+    """A level's energy per bit: its own figure, else the per-bit read of Horowitz's 8 KB SRAM."""
     return level.pj_per_bit if level.pj_per_bit is not None else unit_pj(spec, "sram_8kb_read")
 
 
 def _gemm_arrays(g: GemmOp, spec: AcceleratorSpec, rows: np.ndarray, cols: np.ndarray, resident: np.ndarray,
-                 sram_bits_total: np.ndarray, bandwidth_gb_s: np.ndarray) -> dict[str, np.ndarray]:
+                 outer_kib: np.ndarray, bandwidth_gb_s: np.ndarray) -> dict[str, np.ndarray]:
     """One GEMM's cycles, traffic and energy for variants of `spec` that differ in the broadcast arrays
-    (array shape, SRAM size, DRAM bandwidth): the one implementation of the model, scalar or swept."""
+    (array shape, the outermost SRAM level's size, DRAM bandwidth): the one implementation of the
+    model, scalar or swept."""
+    sram_bits_total = (outer_kib + sum(level.size_kib for level in spec.sram[1:])) * 1024 * 8
     dataflow = spec.pe_array.dataflow
     unit = mac_unit(spec, g.a_bits, g.b_bits, g.name)
     zero = np.zeros(np.broadcast(rows, cols, sram_bits_total, bandwidth_gb_s).shape)
@@ -129,29 +134,37 @@ def _gemm_arrays(g: GemmOp, spec: AcceleratorSpec, rows: np.ndarray, cols: np.nd
     else:
         row_folds = np.ceil(math.ceil(g.k / unit.lanes) / rows)
         sram = b_bits + a_bits * col_folds + partial_bits * 2 * (row_folds - 1) + out_bits
-    sram = zero + sram
+    # the innermost level (last in spec.sram) feeds the array with the reuse traffic; every outer level
+    # passes each operand once (compulsory traffic)
+    compulsory = a_bits + b_bits + out_bits
+    levels = [zero + compulsory for _ in spec.sram[:-1]] + [zero + sram]
+    sram = sum(levels)
     dram = zero + np.where(g.weights & ~resident, b_bits, 0.0)
     spill = a_bits + out_bits + np.minimum(b_bits, sram_bits_total) > sram_bits_total
     dram = dram + np.where(spill, a_bits + out_bits, 0.0)  # activations that do not fit beside the weights
-    energy["sram"] = sram * _sram_pj_per_bit(spec)
+    energy["sram"] = sum(bits * level_pj_per_bit(spec, level) for bits, level in zip(levels, spec.sram))
     energy["dram"] = dram * spec.dram.pj_per_bit
-    level = spec.sram[-1]
     dram_bits_per_cycle = bandwidth_gb_s * 8e9 / (spec.clock_mhz * 1e6)
-    memory = np.ceil(np.maximum(sram / (level.width_bits * level.banks), dram / dram_bits_per_cycle))
-    return {"compute": compute, "memory": memory, "sram": sram, "dram": dram, **energy}
+    memory = dram / dram_bits_per_cycle
+    for bits, level in zip(levels, spec.sram):
+        memory = np.maximum(memory, bits / (level.width_bits * level.banks))
+    return {"compute": compute, "memory": np.ceil(memory), "sram_bits": sram, "sram_levels": levels,
+            "dram_bits": dram, "energy": energy}
 
 
-def _gemm_cost(g: GemmOp, spec: AcceleratorSpec, resident: bool, sram_bits_total: float) -> LayerCost:
+def _gemm_cost(g: GemmOp, spec: AcceleratorSpec, resident: bool) -> LayerCost:
     rows, cols = spec.pe_array.rows, spec.pe_array.cols
-    r = _gemm_arrays(g, spec, np.asarray(rows), np.asarray(cols), np.asarray(resident), np.asarray(sram_bits_total),
-                     np.asarray(spec.dram.bandwidth_gb_s))
+    r = _gemm_arrays(g, spec, np.asarray(rows), np.asarray(cols), np.asarray(resident),
+                     np.asarray(spec.sram[0].size_kib, dtype=np.float64), np.asarray(spec.dram.bandwidth_gb_s))
     precision, utilisation = "", None
     if not (g.kind == "shift" and spec.shift_add_lanes > 0):  # on the PE array
         unit = mac_unit(spec, g.a_bits, g.b_bits, g.name)
         precision = f"{unit.a_bits}x{unit.w_bits}"
         utilisation = float(utilisation_of(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, spec.pe_array.dataflow))
-    return LayerCost(g.name, g.kind, g.macs, int(r["compute"]), int(r["memory"]), float(r["sram"]), float(r["dram"]),
-                     {c: float(r[c]) for c in COMPONENTS}, precision, utilisation)
+    by_level = {level.name: float(bits) for level, bits in zip(spec.sram, r["sram_levels"])}
+    return LayerCost(g.name, g.kind, g.macs, int(r["compute"]), int(r["memory"]), float(r["sram_bits"]),
+                     float(r["dram_bits"]), {c: float(r["energy"][c]) for c in COMPONENTS}, precision, utilisation,
+                     by_level)
 
 
 def _vector_cost(v: VectorOp, spec: AcceleratorSpec) -> LayerCost:
@@ -199,6 +212,8 @@ class Cost:
                 "memory_bytes": {"weights": self.weight_bits / 8, "peak_activations": self.peak_activation_bits / 8,
                                  "outliers": self.outlier_bits / 8},
                 "sram_bytes": sum(l.sram_bits for l in self.layers) / 8,
+                "sram_bytes_by_level": {level.name: sum((l.sram_bits_by_level or {}).get(level.name, 0.0)
+                                                        for l in self.layers) / 8 for level in self.spec.sram},
                 "dram_bytes": sum(l.dram_bits for l in self.layers) / 8,
                 "energy_uj": {c: e * 1e-6 for c, e in energy.items()},
                 "energy_per_inference_uj": self.total_energy_pj * 1e-6,
@@ -217,7 +232,7 @@ def cost(load: Workload, spec: AcceleratorSpec) -> Cost:
     sram_bits_total = sum(level.size_kib for level in spec.sram) * 1024 * 8
     weight_bits = float(sum(_weight_bits(g) for g in load.gemms if g.weights))
     resident = weight_bits <= sram_bits_total
-    layers = [_gemm_cost(g, spec, resident, sram_bits_total) for g in load.gemms]
+    layers = [_gemm_cost(g, spec, resident) for g in load.gemms]
     layers += [_vector_cost(v, spec) for v in load.vector_ops]
     peak = max(g.groups * (g.m * g.k * g.a_bits + g.m * g.n * g.out_bits) for g in load.gemms)
     index_bits = max(1, int(np.ceil(np.log2(max(g.m * g.k for g in load.gemms)))))
@@ -230,21 +245,21 @@ def sweep(load: Workload, spec: AcceleratorSpec, *, rows: np.ndarray | int | Non
           bandwidth_gb_s: np.ndarray | float | None = None) -> dict[str, np.ndarray]:
     """Totals of one inference for many variants of `spec` in one vectorised call.
 
-    Each given axis is an array (all broadcast together): PE rows and columns, the total on-chip SRAM
-    (KiB) and the DRAM bandwidth; the rest comes from `spec`. Bit-widths are a workload property: sweep
+    Each given axis is an array (all broadcast together): PE rows and columns, the size of the outermost
+    SRAM level (KiB; the only level of every preset) and the DRAM bandwidth; the rest comes from `spec`. Bit-widths are a workload property: sweep
     each (method, bits) workload. Equal to `cost` variant by variant (tested).
     """
     rows = np.asarray(spec.pe_array.rows if rows is None else rows)
     cols = np.asarray(spec.pe_array.cols if cols is None else cols)
-    total_kib = sum(level.size_kib for level in spec.sram) if sram_kib is None else sram_kib
-    sram_bits_total = np.asarray(total_kib, dtype=np.float64) * 1024 * 8
+    outer_kib = np.asarray(spec.sram[0].size_kib if sram_kib is None else sram_kib, dtype=np.float64)
+    sram_bits_total = (outer_kib + sum(level.size_kib for level in spec.sram[1:])) * 1024 * 8
     bandwidth = np.asarray(spec.dram.bandwidth_gb_s if bandwidth_gb_s is None else bandwidth_gb_s, dtype=np.float64)
     resident = float(sum(_weight_bits(g) for g in load.gemms if g.weights)) <= sram_bits_total
     cycles, energy = 0.0, 0.0
     for g in load.gemms:
-        r = _gemm_arrays(g, spec, rows, cols, resident, sram_bits_total, bandwidth)
+        r = _gemm_arrays(g, spec, rows, cols, resident, outer_kib, bandwidth)
         cycles = cycles + np.maximum(r["compute"], r["memory"])
-        energy = energy + sum(r[c] for c in COMPONENTS)
+        energy = energy + sum(r["energy"][c] for c in COMPONENTS)
     for v in load.vector_ops:
         layer = _vector_cost(v, spec)
         cycles, energy = cycles + layer.compute_cycles, energy + sum(layer.energy_pj.values())

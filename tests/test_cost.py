@@ -104,3 +104,18 @@ def test_sweep_equals_cost_variant_by_variant(deit_small_loads):
                     one = cost(load, spec)
                     assert swept["cycles"][b, s, i, j] == one.cycles
                     assert swept["energy_pj"][b, s, i, j] == pytest.approx(one.total_energy_pj, rel=1e-12)
+
+
+def test_each_sram_level_is_priced(deit_small_loads):
+    """An outer level passes each operand once; the innermost carries the dataflow's reuse traffic."""
+    load, base = deit_small_loads["minmax", 8], load_spec("edge_npu")
+    local = dataclasses.replace(base.sram[0], name="local", size_kib=32.0)
+    two = cost(load, dataclasses.replace(base, sram=[base.sram[0], local])).summary()
+    one = cost(load, base).summary()
+    assert set(two["sram_bytes_by_level"]) == {"global_buffer", "local"}
+    assert two["sram_bytes_by_level"]["local"] == one["sram_bytes"]  # the same reuse traffic, now innermost
+    assert 0 < two["sram_bytes_by_level"]["global_buffer"] < two["sram_bytes_by_level"]["local"]
+    assert two["energy_uj"]["sram"] != one["energy_uj"]["sram"]
+    for summary in (one, two):  # traffic, not energy: levels add up, DRAM carries the non-resident weights
+        assert summary["sram_bytes"] == pytest.approx(sum(summary["sram_bytes_by_level"].values()))
+        assert summary["dram_bytes"] >= summary["memory_bytes"]["weights"] > 20e6  # DeiT-S W8: ~22 MB
