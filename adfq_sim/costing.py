@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adfq_sim.config import Config, parse_bits
+from adfq_sim.config import Config
 from adfq_sim.data.sources import build_data_source
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.models.loading import load_model
-from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.recipes import build_recipe
-from adfq_sim.verification import try_export
+from adfq_sim.verification import calibrated_program
 from hw_models.cost import COMPONENTS, Cost, cost
 from hw_models.spec import AcceleratorSpec, load_spec
 from hw_models.workload import workload
@@ -47,11 +45,8 @@ def _outliers_per_image(program, images: torch.Tensor) -> dict[str, float]:
 
 def _cost_one(model: torch.nn.Module, cfg: Config, spec: AcceleratorSpec, method: str, bits: str,
               calib: list[torch.Tensor], images: torch.Tensor) -> dict:
-    w_bits, a_bits = parse_bits(bits)
-    qmodel = quantize_model(model, build_recipe(method, cfg.quant), w_bits, a_bits, calib)
+    program, entry = calibrated_program(model, cfg, method, bits, calib)
     label = f"{method} {bits}"
-    program, entry = try_export(qmodel, calib, label)
-    entry = {"method": method, "bits": bits, **entry}
     if program is None:
         return entry
     result = cost(workload(program, _outliers_per_image(program, images)), spec)

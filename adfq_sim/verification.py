@@ -102,13 +102,19 @@ def _save(program: IntegerProgram, stem: Path) -> None:
     tmp.replace(stem.with_suffix(".txt"))
 
 
-def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, calib: list[torch.Tensor],
-                images: torch.Tensor, programs: Path) -> dict:
+def calibrated_program(model: torch.nn.Module, cfg: Config, method: str, bits: str, calib: list[torch.Tensor]
+                       ) -> tuple[IntegerProgram | None, dict]:
+    """Calibrate one (method, bits) and export it: the program (or None) and its entry's first keys."""
     w_bits, a_bits = parse_bits(bits)
     qmodel = quantize_model(model, build_recipe(method, cfg.quant), w_bits, a_bits, calib)
+    program, entry = try_export(qmodel, calib, f"{method} {bits}")
+    return program, {"method": method, "bits": bits, **entry}
+
+
+def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, calib: list[torch.Tensor],
+                images: torch.Tensor, programs: Path) -> dict:
+    program, entry = calibrated_program(model, cfg, method, bits, calib)
     label = f"{method} {bits}"
-    program, entry = try_export(qmodel, calib, label)
-    entry = {"method": method, "bits": bits, **entry}
     if program is None:
         return entry
     _save(program, programs / f"{method}_{bits}")
