@@ -102,12 +102,22 @@ def level_pj_per_bit(spec: AcceleratorSpec, level: SramLevel) -> float:
     return level.pj_per_bit if level.pj_per_bit is not None else unit_pj(spec, "sram_8kb_read")
 
 
+def _onchip_bits(spec: AcceleratorSpec, outer_kib: np.ndarray | float) -> np.ndarray:
+    """Total on-chip SRAM in bits, the outermost level at `outer_kib` (a sweep axis) and the rest as specified."""
+    return (np.asarray(outer_kib, dtype=np.float64) + sum(level.size_kib for level in spec.sram[1:])) * 1024 * 8
+
+
+def _weights_resident(load: Workload, spec: AcceleratorSpec, outer_kib: np.ndarray | float) -> np.ndarray:
+    """All weights (with their rules and zero-points) fit on chip: then they stay there across inferences."""
+    return float(sum(_weight_bits(g) for g in load.gemms if g.weights)) <= _onchip_bits(spec, outer_kib)
+
+
 def _gemm_arrays(g: GemmOp, spec: AcceleratorSpec, rows: np.ndarray, cols: np.ndarray, resident: np.ndarray,
                  outer_kib: np.ndarray, bandwidth_gb_s: np.ndarray) -> dict[str, np.ndarray]:
     """One GEMM's cycles, traffic and energy for variants of `spec` that differ in the broadcast arrays
     (array shape, the outermost SRAM level's size, DRAM bandwidth): the one implementation of the
     model, scalar or swept."""
-    sram_bits_total = (outer_kib + sum(level.size_kib for level in spec.sram[1:])) * 1024 * 8
+    sram_bits_total = _onchip_bits(spec, outer_kib)
     dataflow = spec.pe_array.dataflow
     unit = mac_unit(spec, g.a_bits, g.b_bits, g.name)
     zero = np.zeros(np.broadcast(rows, cols, sram_bits_total, bandwidth_gb_s).shape)
@@ -229,9 +239,8 @@ class Cost:
 
 def cost(load: Workload, spec: AcceleratorSpec) -> Cost:
     """Per-layer and total cost of one inference of `load` on `spec`."""
-    sram_bits_total = sum(level.size_kib for level in spec.sram) * 1024 * 8
     weight_bits = float(sum(_weight_bits(g) for g in load.gemms if g.weights))
-    resident = weight_bits <= sram_bits_total
+    resident = bool(_weights_resident(load, spec, spec.sram[0].size_kib))
     layers = [_gemm_cost(g, spec, resident) for g in load.gemms]
     layers += [_vector_cost(v, spec) for v in load.vector_ops]
     peak = max(g.groups * (g.m * g.k * g.a_bits + g.m * g.n * g.out_bits) for g in load.gemms)
@@ -252,9 +261,8 @@ def sweep(load: Workload, spec: AcceleratorSpec, *, rows: np.ndarray | int | Non
     rows = np.asarray(spec.pe_array.rows if rows is None else rows)
     cols = np.asarray(spec.pe_array.cols if cols is None else cols)
     outer_kib = np.asarray(spec.sram[0].size_kib if sram_kib is None else sram_kib, dtype=np.float64)
-    sram_bits_total = (outer_kib + sum(level.size_kib for level in spec.sram[1:])) * 1024 * 8
     bandwidth = np.asarray(spec.dram.bandwidth_gb_s if bandwidth_gb_s is None else bandwidth_gb_s, dtype=np.float64)
-    resident = float(sum(_weight_bits(g) for g in load.gemms if g.weights)) <= sram_bits_total
+    resident = _weights_resident(load, spec, outer_kib)
     cycles, energy = 0.0, 0.0
     for g in load.gemms:
         r = _gemm_arrays(g, spec, rows, cols, resident, outer_kib, bandwidth)

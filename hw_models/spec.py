@@ -87,6 +87,12 @@ def _positive(value: float, where: str) -> None:
         raise UserInputError(f"{where}: must be > 0, got {value}")
 
 
+def _positive_number(value: object, where: str) -> None:
+    """A value from a free-form mapping (no schema type): a number > 0, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UserInputError(f"{where}: must be a number > 0, got {value!r}")
+
+
 def _validate(spec: AcceleratorSpec) -> None:
     for key in ("technology_nm", "clock_mhz"):
         _positive(getattr(spec, key), key)
@@ -108,8 +114,7 @@ def _validate(spec: AcceleratorSpec) -> None:
     _positive(spec.vector_unit.lanes, "vector_unit.lanes")
     for op, cycles in spec.vector_unit.cycles_per_element.items():
         check_choice(op, VECTOR_OPS, "vector_unit.cycles_per_element")
-        if isinstance(cycles, bool) or not isinstance(cycles, (int, float)) or not cycles > 0:
-            raise UserInputError(f"vector_unit.cycles_per_element.{op}: must be a number > 0, got {cycles!r}")
+        _positive_number(cycles, f"vector_unit.cycles_per_element.{op}")
     missing = set(VECTOR_OPS) - set(spec.vector_unit.cycles_per_element)
     if missing:
         raise UserInputError(f"vector_unit.cycles_per_element: missing {', '.join(sorted(missing))}")
@@ -127,8 +132,7 @@ def _validate(spec: AcceleratorSpec) -> None:
     _positive(spec.dram.pj_per_bit, "dram.pj_per_bit")
     for name, pj in spec.energy_pj.items():
         check_choice(name, UNIT_ENERGY, "energy_pj")
-        if isinstance(pj, bool) or not isinstance(pj, (int, float)) or not pj > 0:
-            raise UserInputError(f"energy_pj.{name}: must be a number > 0, got {pj!r}")
+        _positive_number(pj, f"energy_pj.{name}")
 
 
 def parse_spec(data: dict, where: str = "") -> AcceleratorSpec:
