@@ -119,15 +119,25 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """What the report singles out: `focus` ("adfq w4a4") is the (method, bits) whose per-layer energy and
+    quantizer levels are drawn; by default the recommended one, the lowest-energy pair whose top-1 is at
+    most `max_drop` points below FP32 (the most accurate pair where none is)."""
+    focus: Optional[str] = None
+    max_drop: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "adfq-run"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
-    hardware: Union[str, dict] = "edge_npu"
+    hardware: Union[str, dict, list[Union[str, dict]]] = "edge_npu"
     out: str = "runs"
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -278,10 +288,28 @@ def _validate(cfg: Config) -> None:
     _validate_adfq(q.adfq, d)
     if cfg.verify.images < 1:
         raise UserInputError(f"verify.images: must be >= 1, got {cfg.verify.images}")
+    _validate_report(cfg.report, q)
 
-    from hw_models.spec import load_spec
+    from hw_models.spec import load_specs
 
-    load_spec(cfg.hardware)  # a preset name, a spec file or an inline spec: validated here
+    load_specs(cfg.hardware)  # preset names, spec files or inline specs (one or a list): validated here
+
+
+def parse_focus(text: str) -> tuple[str, str]:
+    """'adfq w4a4' (any case) -> ('adfq', 'w4a4')."""
+    parts = text.lower().split()
+    if len(parts) != 2:
+        raise UserInputError(f"report.focus: expected 'METHOD BITS' like 'adfq w4a4', got {text!r}")
+    return parts[0], parts[1]
+
+
+def _validate_report(r: ReportConfig, q: QuantConfig) -> None:
+    if not r.max_drop >= 0:
+        raise UserInputError(f"report.max_drop: must be >= 0 (top-1 points below FP32), got {r.max_drop}")
+    if r.focus is not None:
+        method, bits = parse_focus(r.focus)
+        check_choice(method, tuple(q.methods), "report.focus (method)")
+        check_choice(bits, tuple(q.bits), "report.focus (bits)")
 
 
 def _validate_ptq4vit(p: Ptq4vitConfig) -> None:

@@ -1,4 +1,4 @@
-"""`adfq-sim cost`: every configured (method, bits) exported and priced on an accelerator, per layer.
+"""`adfq-sim cost`: every configured (method, bits) exported and priced on each accelerator, per layer.
 
 Writes `<out>/<name>/cost.json` atomically (beside a run's results, without touching them). PPOQ
 outliers are counted by the integer simulator on the first `verify.images` eval images.
@@ -20,7 +20,7 @@ from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.models.loading import load_model
 from adfq_sim.verification import calibrated_program
 from hw_models.cost import COMPONENTS, Cost, cost
-from hw_models.spec import AcceleratorSpec, load_spec
+from hw_models.spec import AcceleratorSpec, load_specs
 from hw_models.workload import workload
 
 log = logging.getLogger("adfq_sim")
@@ -43,34 +43,40 @@ def _outliers_per_image(program, images: torch.Tensor) -> dict[str, float]:
             for name, c in codes.items() if name.endswith("_outliers")}
 
 
-def _cost_one(model: torch.nn.Module, cfg: Config, spec: AcceleratorSpec, method: str, bits: str,
-              calib: list[torch.Tensor], images: torch.Tensor) -> dict:
+def _cost_one(model: torch.nn.Module, cfg: Config, specs: list[AcceleratorSpec], method: str, bits: str,
+              calib: list[torch.Tensor], images: torch.Tensor) -> list[dict]:
     program, entry = calibrated_program(model, cfg, method, bits, calib)
     label = f"{method} {bits}"
     if program is None:
-        return entry
-    result = cost(workload(program, _outliers_per_image(program, images)), spec)
-    summary = result.summary()
-    log.info("%s on %s: %.2f uJ, %.3f ms per inference\n%s", label, spec.name, summary["energy_per_inference_uj"],
-             summary["latency_ms"], format_cost_table(result))
-    return {**entry, **summary, "layers": result.layer_rows()}
+        return [entry]
+    load = workload(program, _outliers_per_image(program, images))
+    entries = []
+    for spec in specs:
+        result = cost(load, spec)
+        summary = result.summary()
+        log.info("%s on %s: %.2f uJ, %.3f ms per inference\n%s", label, spec.name,
+                 summary["energy_per_inference_uj"], summary["latency_ms"], format_cost_table(result))
+        entries.append({**entry, **summary, "layers": result.layer_rows()})
+    return entries
 
 
 def run_cost(cfg: Config, hardware: str | None = None) -> Path:
-    """Price every configured (method, bits) on `hardware` (default: the config's); returns cost.json's path."""
-    spec = load_spec(cfg.hardware if hardware is None else hardware)
+    """Price every configured (method, bits) on `hardware` (default: the config's accelerators, one entry
+    per accelerator); returns cost.json's path."""
+    specs = load_specs(cfg.hardware if hardware is None else hardware)
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg.model)
     data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)
     calib = [images for images, _ in data.batches("calib", cfg.data.batch_size)]
     images = torch.cat([images for images, _ in data.batches("eval", cfg.data.batch_size)])[:cfg.verify.images]
-    entries = [_cost_one(loaded.model, cfg, spec, method, bits, calib, images)
-               for bits in cfg.quant.bits for method in cfg.quant.methods]
+    entries = [e for bits in cfg.quant.bits for method in cfg.quant.methods
+               for e in _cost_one(loaded.model, cfg, specs, method, bits, calib, images)]
     folder = Path(cfg.out) / cfg.name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "cost.json"
     tmp = folder / f".cost.json.partial-{os.getpid()}"
-    tmp.write_text(json.dumps({"config": cfg.to_dict(), "hardware": spec.to_dict(), "components": list(COMPONENTS),
+    tmp.write_text(json.dumps({"config": cfg.to_dict(), "hardware": [s.to_dict() for s in specs],
+                               "components": list(COMPONENTS),
                                "results": entries}, indent=2) + "\n")
     tmp.replace(path)
     return path

@@ -14,22 +14,21 @@ import torch
 
 from adfq_sim.config import Config, parse_bits
 from adfq_sim.data.sources import DataSource, build_data_source
+from adfq_sim.distributions import capture, quantizer_forms
 from adfq_sim.environment import environment
 from adfq_sim.evaluate import agreement, collect_logits, fmt, sqnr_db, top1
 from adfq_sim.intsim.program import IntegerProgram
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.recipes import build_recipe
-from adfq_sim.rundir import atomic_run_dir
+from adfq_sim.rundir import RESULTS_SCHEMA_VERSION, atomic_run_dir
 from adfq_sim.verification import IntegerRun
 from hw_models.cost import cost
-from hw_models.spec import AcceleratorSpec, load_spec
+from hw_models.spec import AcceleratorSpec, load_specs
 from hw_models.workload import workload
 from reports.tables import results_csv
 
 log = logging.getLogger("adfq_sim")
-
-RESULTS_SCHEMA_VERSION = 1
 
 
 def _batches_total(count: int, batch_size: int) -> int:
@@ -38,8 +37,10 @@ def _batches_total(count: int, batch_size: int) -> int:
 
 def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config, method: str, bits: str,
                           calib_batches: list[torch.Tensor], fp_logits: torch.Tensor,
-                          labels: torch.Tensor | None, spec: AcceleratorSpec) -> dict:
-    """Calibrate one (method, bits) on the calibration images and compare it with FP32 on the eval set."""
+                          labels: torch.Tensor | None, specs: list[AcceleratorSpec],
+                          distributions: dict | None) -> dict:
+    """Calibrate one (method, bits) on the calibration images, compare it with FP32 on the eval set and
+    price its integer program on each accelerator."""
     w_bits, a_bits = parse_bits(bits)
     start = time.perf_counter()
     qmodel = quantize_model(model, build_recipe(method, cfg.quant), w_bits, a_bits, calib_batches)
@@ -52,7 +53,7 @@ def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config,
                                  _batches_total(data.description["eval_images"], cfg.data.batch_size),
                                  f"eval {method} {bits}", also=integer)
     eval_s = time.perf_counter() - start - (integer.seconds - exported_s)  # the simulator's share is integer_s
-    integer_entry = integer.summary(q_logits, labels)
+    integer_entry = integer.summary(q_logits, labels, fp_logits)
     return {
         "method": method,
         "bits": bits,
@@ -63,20 +64,27 @@ def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config,
         "sqnr_db": sqnr_db(q_logits, fp_logits),
         "outlier_ratio": qmodel.outlier_ratios(),
         "optimization": qmodel.optimization_report,
+        "quantizers": quantizer_forms(qmodel, distributions),
         "integer_evaluation": integer_entry,
-        "cost": _cost(integer.program, integer_entry, spec),
+        "cost": _costs(integer.program, integer_entry, specs),
         "timings": {"calibrate_s": calibrate_s, "eval_s": eval_s, "integer_s": integer.seconds},
     }
 
 
-def _cost(program: IntegerProgram | None, integer: dict, spec: AcceleratorSpec) -> dict | None:
-    """One inference of the exported program on the accelerator (None where there is no program); PPOQ
-    outliers priced at their measured rate on the verified images."""
+def _costs(program: IntegerProgram | None, integer: dict, specs: list[AcceleratorSpec]) -> dict | None:
+    """One inference of the exported program on each accelerator, by accelerator name: totals and
+    per-layer rows (None where there is no program); PPOQ outliers priced at their measured rate on the
+    verified images."""
     if program is None:
         return None
     verified = integer["verify"]
     per_image = {name: count / verified["images"] for name, count in verified["outliers"]["per_tensor"].items()}
-    return cost(workload(program, per_image), spec).summary()
+    load = workload(program, per_image)
+    priced = {}
+    for spec in specs:
+        result = cost(load, spec)
+        priced[spec.name] = {**result.summary(), "layers": result.layer_rows()}
+    return priced
 
 
 def _attach_log(folder: Path) -> logging.Handler:
@@ -113,7 +121,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _run(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
-    spec = load_spec(cfg.hardware)
+    specs = load_specs(cfg.hardware)
     loaded = load_model(cfg.model)
     data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)
     log.info("model %s (%s, %d classes); data %s: %d calibration / %d eval images", cfg.model.name,
@@ -127,15 +135,15 @@ def _run(cfg: Config) -> dict:
     # Calibration images are read once and shared by every (method, bits).
     calib_batches = [images for images, _ in data.batches("calib", bs)]
     log.info("fp32: top1 %s", fmt(fp32["top1"]))
+    distributions = capture(loaded.model, calib_batches[0])
     entries = []
     for bits in cfg.quant.bits:
         for method in cfg.quant.methods:
             entry = quantize_and_evaluate(loaded.model, data, cfg, method, bits, calib_batches, fp_logits, labels,
-                                          spec)
+                                          specs, distributions)
             log.info("%s %s: top1 %s, agreement %.2f %%, SQNR %s dB", method, bits, fmt(entry["top1"]),
                      entry["agreement"], fmt(entry["sqnr_db"]))
-            if entry["cost"] is not None:
-                c = entry["cost"]
+            for c in (entry["cost"] or {}).values():
                 log.info("%s %s on %s: %.1f uJ, %.3f ms per inference, %.2f effective TOPS/W", method, bits,
                          c["accelerator"], c["energy_per_inference_uj"], c["latency_ms"], c["effective_tops_per_w"])
             entries.append(entry)
@@ -148,8 +156,9 @@ def _run(cfg: Config) -> dict:
                   "parameters": sum(p.numel() for p in loaded.model.parameters())},
         "data": data.description,
         "quantized_ops": QUANTIZED_OPS,
-        "hardware": spec.to_dict(),
+        "hardware": [spec.to_dict() for spec in specs],
         "fp32": fp32,
+        "distributions": distributions,
         "results": entries,
     }
 

@@ -12,6 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+# results.json's layout; `adfq-sim report` renders only this version. 2: per-accelerator costs with
+# per-layer rows, per-tensor verification, quantizer forms and activation histograms.
+RESULTS_SCHEMA_VERSION = 2
+
 
 @contextlib.contextmanager
 def atomic_run_dir(final: Path) -> Iterator[Path]:

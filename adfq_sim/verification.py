@@ -76,9 +76,10 @@ class IntegerRun:
         self.verified.append(images[:self.verify_images - sum(map(len, self.verified))])
         self.seconds += time.perf_counter() - start
 
-    def summary(self, q_logits: torch.Tensor, labels: torch.Tensor | None) -> dict:
-        """Integer-simulator top-1 and agreement with the (paper-style) fake-quant, plus the verification
-        summary on the first `verify_images` eval images (their PPOQ outliers per tensor included)."""
+    def summary(self, q_logits: torch.Tensor, labels: torch.Tensor | None, fp_logits: torch.Tensor) -> dict:
+        """Integer-simulator top-1, arg-max agreement with FP32 and with the (paper-style) fake-quant, plus
+        the verification on the first `verify_images` eval images: mismatched codes per tensor and PPOQ
+        outliers per tensor."""
         if self.program is None:
             return self.entry
         start = time.perf_counter()
@@ -88,9 +89,10 @@ class IntegerRun:
         log.info("%s: integer simulator top1 %s; %d mismatched codes against the integer-faithful mode "
                  "over %d tensors", self.label, fmt(top1(logits, labels)), mismatches, len(reports))
         self.seconds += time.perf_counter() - start
-        return {**self.entry, "top1": top1(logits, labels), "agreement_with_fake_quant": agreement(logits, q_logits),
+        return {**self.entry, "top1": top1(logits, labels), "agreement": agreement(logits, fp_logits),
+                "agreement_with_fake_quant": agreement(logits, q_logits),
                 "verify": {"images": len(verified), "tensors": len(reports), "mismatches": mismatches,
-                           "outliers": outliers}}
+                           "outliers": outliers, "layers": [r.as_dict() for r in reports]}}
 
 
 def _save(program: IntegerProgram, stem: Path) -> None:

@@ -165,3 +165,23 @@ def load_spec(hardware: str | dict) -> AcceleratorSpec:
     guess = difflib.get_close_matches(hardware, preset_names(), n=1)
     hint = f"did you mean '{guess[0]}'?" if guess else f"presets: {', '.join(preset_names())}"
     raise UserInputError(f"hardware: unknown accelerator preset {hardware!r} ({hint})")
+
+
+def load_specs(hardware: str | dict | list) -> list[AcceleratorSpec]:
+    """The experiment config's `hardware:`, one accelerator or a list of them (compared side by side);
+    the first is the one the per-layer breakdown describes. Names must differ: they key the results."""
+    items = hardware if isinstance(hardware, list) else [hardware]
+    if not items:
+        raise UserInputError("hardware: the list is empty; name at least one preset, spec file or mapping")
+    specs = []
+    for i, item in enumerate(items):
+        try:
+            specs.append(load_spec(item))
+        except UserInputError as exc:
+            raise UserInputError(f"hardware[{i}]: {exc}" if isinstance(hardware, list) else str(exc)) from None
+    names = [s.name for s in specs]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise UserInputError(f"hardware[{i}]: accelerator name {name!r} repeats an earlier entry's; "
+                                 "names key the results, give each spec its own `name`")
+    return specs

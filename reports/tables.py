@@ -7,7 +7,7 @@ import io
 
 ENTRY_COLUMNS = ("method", "bits", "w_bits", "a_bits", "top1", "agreement", "sqnr_db")
 # From each entry's integer_evaluation (empty where the method is not exported to an integer program).
-INTEGER_COLUMNS = ("integer_top1", "integer_agreement", "verify_mismatches")
+INTEGER_COLUMNS = ("integer_top1", "integer_agreement", "integer_agreement_with_fake_quant", "verify_mismatches")
 TIMING_COLUMNS = ("calibrate_s", "eval_s", "integer_s")
 CSV_COLUMNS = ENTRY_COLUMNS + INTEGER_COLUMNS + TIMING_COLUMNS
 
@@ -15,7 +15,8 @@ CSV_COLUMNS = ENTRY_COLUMNS + INTEGER_COLUMNS + TIMING_COLUMNS
 def _integer_row(integer: dict) -> dict:
     if not integer.get("exported"):
         return {}
-    return {"integer_top1": integer["top1"], "integer_agreement": integer["agreement_with_fake_quant"],
+    return {"integer_top1": integer["top1"], "integer_agreement": integer["agreement"],
+            "integer_agreement_with_fake_quant": integer["agreement_with_fake_quant"],
             "verify_mismatches": integer["verify"]["mismatches"]}
 
 

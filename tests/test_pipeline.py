@@ -18,7 +18,7 @@ from adfq_sim.quant.recipes import METHODS, build_recipe
 from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
 
 ENTRY_KEYS = {"method", "bits", "w_bits", "a_bits", "top1", "agreement", "sqnr_db", "outlier_ratio",
-              "optimization", "integer_evaluation", "timings", "cost"}
+              "optimization", "quantizers", "integer_evaluation", "timings", "cost"}
 
 
 def _strip_timings(value):
@@ -45,7 +45,8 @@ def test_imagefolder_pipeline_with_a_checkpoint(tmp_path: Path, tiny_checkpoint,
     assert results["data"]["transform"]["input_size"] == [3, 32, 32]
     assert results["data"]["transform"]["crop_pct"] == 0.8
     assert results["model"]["num_classes"] == 3 and results["model"]["source"] == "checkpoint"
-    assert results["hardware"]["name"] == "edge_npu" and results["hardware"]["pe_array"]["rows"] == 16
+    (hardware,) = results["hardware"]
+    assert hardware["name"] == "edge_npu" and hardware["pe_array"]["rows"] == 16
     assert 0.0 <= results["fp32"]["top1"] <= 100.0
     assert [(e["method"], e["bits"]) for e in results["results"]] == [
         ("minmax", "w8a8"), ("percentile", "w8a8"), ("minmax", "w4a4"), ("percentile", "w4a4")]
@@ -55,9 +56,10 @@ def test_imagefolder_pipeline_with_a_checkpoint(tmp_path: Path, tiny_checkpoint,
         integer = entry["integer_evaluation"]  # uniform methods run on the integer simulator too
         assert integer["exported"] and integer["verify"]["mismatches"] == 0 and integer["verify"]["tensors"] > 0
         assert 0.0 <= integer["top1"] <= 100.0
-        cost = entry["cost"]  # the exported program priced on the default accelerator
+        cost = entry["cost"]["edge_npu"]  # the exported program priced on the default accelerator
         assert cost["accelerator"] == "edge_npu" and cost["energy_per_inference_uj"] > 0
-        assert cost["macs"] == sum(cost["macs_by_kind"].values()) > 0
+        assert cost["macs"] == sum(cost["macs_by_kind"].values()) == sum(l["macs"] for l in cost["layers"]) > 0
+        assert len(integer["verify"]["layers"]) == integer["verify"]["tensors"]
     by = {(e["method"], e["bits"]): e for e in results["results"]}
     assert by[("minmax", "w8a8")]["sqnr_db"] > by[("minmax", "w4a4")]["sqnr_db"]
     rows = list(csv.DictReader((folder / "results.csv").open()))

@@ -1,0 +1,82 @@
+"""The activation distributions the report draws: one post-LayerNorm and one post-GELU tensor of the FP32
+model (histograms), and per calibrated model the quantizers that code those tensors (their integer forms).
+
+The block drawn is the one whose post-LayerNorm tensor reaches the largest magnitude on the first
+calibration batch: where the outliers are, PPOQ's and uniform levels differ most.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+HISTOGRAM_BINS = 128
+# The quantizer at each tensor's consumer, relative to its transformer block.
+CONSUMERS = {"post_layernorm": ("norm1", "attn.qkv.act_q"), "post_gelu": ("mlp.act", "mlp.fc2.act_q")}
+
+
+def transformer_blocks(model: nn.Module) -> list[str]:
+    """Names of the blocks with a pre-norm attention and an MLP (timm ViT / DeiT / Swin blocks)."""
+    return [name for name, m in model.named_modules()
+            if all(hasattr(m, a) for a in ("norm1", "attn", "mlp")) and hasattr(m.mlp, "act")]
+
+
+def _outputs(model: nn.Module, images: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """The outputs of the named submodules on one forward pass."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: seen.__setitem__(n, out.detach()))
+             for n in names]
+    try:
+        model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _histogram(values: torch.Tensor, tensor: str, quantizer: str) -> dict:
+    x = values.double().flatten().numpy()
+    counts, edges = np.histogram(x, bins=HISTOGRAM_BINS, range=(float(x.min()), float(x.max())))
+    return {"tensor": tensor, "quantizer": quantizer, "values": int(x.size), "min": float(x.min()),
+            "max": float(x.max()), "edges": edges.tolist(), "counts": counts.tolist()}
+
+
+@torch.no_grad()
+def capture(model: nn.Module, images: torch.Tensor) -> dict | None:
+    """Histograms of the chosen block's post-LayerNorm and post-GELU tensors on `images` (None for a
+    model without such blocks)."""
+    blocks = transformer_blocks(model)
+    if not blocks:
+        return None
+    peaks = _outputs(model, images, [f"{b}.norm1" for b in blocks])
+    block = max(blocks, key=lambda b: float(peaks[f"{b}.norm1"].abs().max()))
+    outputs = _outputs(model, images, [f"{block}.{source}" for source, _ in CONSUMERS.values()])
+    tensors = {key: _histogram(outputs[f"{block}.{source}"], f"{block}.{source}", f"{block}.{consumer}")
+               for key, (source, consumer) in CONSUMERS.items()}
+    return {"block": block, "images": len(images), **tensors}
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().double().flatten().tolist() if value.numel() > 1 else float(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def quantizer_forms(qmodel: nn.Module, distributions: dict | None) -> dict:
+    """The integer form (format, steps, zero-points, log delta, PPOQ alpha ...) of the quantizer at each
+    drawn tensor, as JSON values; a tensor whose consumer has no quantizer is left out."""
+    if distributions is None:
+        return {}
+    forms = {}
+    for key in CONSUMERS:
+        try:
+            quantizer = qmodel.model.get_submodule(distributions[key]["quantizer"])
+        except AttributeError:
+            continue
+        forms[key] = _jsonable(quantizer.integer_form())
+    return forms
