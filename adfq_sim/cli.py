@@ -61,6 +61,14 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from reports.render import render
+
+    for path in render(args.run_dir):
+        print(path)
+    return 0
+
+
 def _cmd_train_demo(args: argparse.Namespace) -> int:
     import hashlib
 
@@ -95,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an experiment config end to end and write a run folder",
                          description="Load the model and data the config names, evaluate FP32, calibrate and "
-                                     "evaluate every (method, bits) pair, and write <out>/<name>/ with "
-                                     "results.json, results.csv and run.log.")
+                                     "evaluate every (method, bits) pair on the integer simulator too, price "
+                                     "each on the config's accelerators, and write <out>/<name>/ with "
+                                     "results.json, results.csv, run.log, plots/, report.md and report.html.")
     _experiment_arguments(run)
     run.set_defaults(func=_cmd_run)
 
@@ -123,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--hardware", metavar="PRESET_OR_FILE",
                       help="accelerator preset name or spec YAML file (overrides the config's hardware)")
     cost.set_defaults(func=_cmd_cost)
+
+    rep = sub.add_parser("report", help="re-render a run folder's plots and reports from its results.json",
+                         description="Draw plots/ (PNG and SVG) and write report.md and report.html in RUN_DIR "
+                                     "from its results.json alone, without recomputing anything (`adfq-sim run` "
+                                     "does this at the end of every run).")
+    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder written by `adfq-sim run`")
+    rep.set_defaults(func=_cmd_report)
 
     train = sub.add_parser("train-demo", help="retrain the embedded demo ViT deterministically",
                            description="Train the demo ViT on the bundled digits' train split with the fixed "

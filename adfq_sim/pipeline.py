@@ -26,6 +26,7 @@ from adfq_sim.verification import IntegerRun
 from hw_models.cost import cost
 from hw_models.spec import AcceleratorSpec, load_specs
 from hw_models.workload import workload
+from reports.render import render
 from reports.tables import results_csv
 
 log = logging.getLogger("adfq_sim")
@@ -111,6 +112,9 @@ def run_experiment(cfg: Config) -> Path:
         results["timings"] = {"total_s": time.perf_counter() - started}
         _write_text(folder / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
         _write_text(folder / "results.csv", results_csv(results))
+        start = time.perf_counter()
+        render(folder)
+        log.info("report rendered in %.1f s", time.perf_counter() - start)
     log.info("wrote %s", final)
     return final
 

@@ -33,7 +33,7 @@ def test_help_lists_every_option() -> None:
     assert "run" in top and "train-demo" in top
     subparsers = parser._subparsers._group_actions[0].choices  # the registered sub-commands
     for command, options in (("run", ["--config", "--out", "--seed"]), ("verify", ["--config", "--out", "--seed"]),
-                             ("train-demo", ["--out", "--epochs", "--seed"])):
+                             ("train-demo", ["--out", "--epochs", "--seed"]), ("report", ["RUN_DIR"])):
         text = subparsers[command].format_help()
         for option in options:
             assert option in text
@@ -68,7 +68,8 @@ def test_class_count_mismatch_leaves_no_run_folder(tmp_path: Path, tiny_checkpoi
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("argv", [["run", "--help"], ["--help"], ["train-demo", "--help"], ["verify", "--help"]])
+@pytest.mark.parametrize("argv", [["run", "--help"], ["--help"], ["train-demo", "--help"], ["verify", "--help"],
+                                  ["report", "--help"]])
 def test_help_exits_zero(tmp_path: Path, argv: list[str]) -> None:
     proc = _cli(*argv, cwd=tmp_path)
     assert proc.returncode == 0 and "usage" in proc.stdout
@@ -147,7 +148,7 @@ def test_cost_command_prices_each_program_per_layer(tmp_path: Path) -> None:
     proc = _cli("cost", "--config", "c.yaml", "--out", "out", "--hardware", "edge_tpu_like", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "out" / "c" / "cost.json").read_text())
-    assert report["hardware"]["name"] == "edge_tpu_like"
+    assert [spec["name"] for spec in report["hardware"]] == ["edge_tpu_like"]
     minmax, adfq = report["results"]
     for entry in (minmax, adfq):
         layer_energy = sum(sum(layer["energy_pj"].values()) for layer in entry["layers"])
