@@ -12,8 +12,12 @@ import torch
 from torch import nn
 
 HISTOGRAM_BINS = 128
-# The quantizer at each tensor's consumer, relative to its transformer block.
-CONSUMERS = {"post_layernorm": ("norm1", "attn.qkv.act_q"), "post_gelu": ("mlp.act", "mlp.fc2.act_q")}
+# Post-GELU values crowd just above the GELU minimum, where SLQ puts its levels: their bins are spaced
+# geometrically in the distance from the minimum, the first one this fraction of the range wide.
+LOG_BINS_FLOOR = 1e-4
+# The quantizer at each tensor's consumer, relative to its transformer block, and whether its histogram
+# bins are log-spaced.
+CONSUMERS = {"post_layernorm": ("norm1", "attn.qkv.act_q", False), "post_gelu": ("mlp.act", "mlp.fc2.act_q", True)}
 
 
 def transformer_blocks(model: nn.Module) -> list[str]:
@@ -35,11 +39,17 @@ def _outputs(model: nn.Module, images: torch.Tensor, names: list[str]) -> dict[s
     return seen
 
 
-def _histogram(values: torch.Tensor, tensor: str, quantizer: str) -> dict:
+def _histogram(values: torch.Tensor, tensor: str, quantizer: str, log_spaced: bool) -> dict:
     x = values.double().flatten().numpy()
-    counts, edges = np.histogram(x, bins=HISTOGRAM_BINS, range=(float(x.min()), float(x.max())))
-    return {"tensor": tensor, "quantizer": quantizer, "values": int(x.size), "min": float(x.min()),
-            "max": float(x.max()), "edges": edges.tolist(), "counts": counts.tolist()}
+    low, high = float(x.min()), float(x.max())
+    if log_spaced and high > low:
+        edges = low + np.concatenate([[0.0], np.geomspace(LOG_BINS_FLOOR * (high - low), high - low, HISTOGRAM_BINS)])
+        edges[-1] = high  # exactly, so the maximum falls in the last bin
+    else:
+        edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+    counts, edges = np.histogram(x, bins=edges)
+    return {"tensor": tensor, "quantizer": quantizer, "values": int(x.size), "min": low, "max": high,
+            "edges": edges.tolist(), "counts": counts.tolist()}
 
 
 @torch.no_grad()
@@ -51,9 +61,9 @@ def capture(model: nn.Module, images: torch.Tensor) -> dict | None:
         return None
     peaks = _outputs(model, images, [f"{b}.norm1" for b in blocks])
     block = max(blocks, key=lambda b: float(peaks[f"{b}.norm1"].abs().max()))
-    outputs = _outputs(model, images, [f"{block}.{source}" for source, _ in CONSUMERS.values()])
-    tensors = {key: _histogram(outputs[f"{block}.{source}"], f"{block}.{source}", f"{block}.{consumer}")
-               for key, (source, consumer) in CONSUMERS.items()}
+    outputs = _outputs(model, images, [f"{block}.{source}" for source, _, _ in CONSUMERS.values()])
+    tensors = {key: _histogram(outputs[f"{block}.{source}"], f"{block}.{source}", f"{block}.{consumer}", log_spaced)
+               for key, (source, consumer, log_spaced) in CONSUMERS.items()}
     return {"block": block, "images": len(images), **tensors}
 
 

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,15 +25,26 @@ from reports import summary
 from reports.document import Bullets, Image, Paragraph, Table, to_html, to_markdown
 from reports.render import load_results
 
+REPO = Path(__file__).resolve().parents[1]
 ACCELERATORS = ["edge_npu", "eyeriss_like"]
-PLOT_STEMS = ["accuracy_vs_energy_edge_npu", "accuracy_vs_energy_eyeriss_like", "accuracy_vs_memory",
-              "accuracy_vs_latency_edge_npu", "layer_energy", "distributions", "outlier_ratio", "verification"]
+PLOT_STEMS = ["accuracy_vs_energy_edge_npu", "accuracy_vs_memory", "accuracy_vs_latency_edge_npu", "layer_energy",
+              "distributions", "outlier_ratio", "verification"]
 
 
 @pytest.fixture(scope="module")
-def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real run: two methods at two bit-widths priced on two accelerators."""
-    root = tmp_path_factory.mktemp("report")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default run, exactly as the README has users start it (about a minute on 2 cores)."""
+    out = tmp_path_factory.mktemp("default")
+    proc = subprocess.run([sys.executable, "-m", "adfq_sim", "run", "--config", str(REPO / "configs" / "edge_npu.yaml"),
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return out / "edge_npu"
+
+
+@pytest.fixture(scope="module")
+def compared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small run priced on two accelerators, with PPOQ's threshold low enough for real outliers."""
+    root = tmp_path_factory.mktemp("compared")
     cfg = load_config(write_config(root / "small.yaml", {
         "data": {"calib_images": 32, "eval_images": 64}, "verify": {"images": 4},
         "quant": {"methods": ["minmax", "adfq"], "bits": ["w8a8", "w4a4"],
@@ -60,34 +72,60 @@ class _Resources(HTMLParser):
         self.urls += [value or "" for name, value in attrs if name in ("src", "href", "srcset", "data", "poster")]
 
 
-def test_run_writes_every_plot_and_both_reports(run_folder: Path) -> None:
-    for stem in PLOT_STEMS:
-        width, height = _png_size(run_folder / "plots" / f"{stem}.png")
+def _check_report(folder: Path, stems: list[str]) -> None:
+    """Every plot as a PNG of sensible size and a well-formed SVG, report.md showing each, and report.html
+    parsing with every image embedded and no external resource."""
+    for stem in stems:
+        width, height = _png_size(folder / "plots" / f"{stem}.png")
         assert 400 <= width <= 6000 and 300 <= height <= 12000, (stem, width, height)
-        ET.parse(run_folder / "plots" / f"{stem}.svg")  # well-formed SVG
-    assert sorted(p.name for p in run_folder.iterdir() if not p.name.startswith("results")) == [
-        "plots", "report.html", "report.md", "run.log"]
-    markdown = (run_folder / "report.md").read_text()
-    for stem in PLOT_STEMS:
+        ET.parse(folder / "plots" / f"{stem}.svg")  # well-formed SVG
+    expected = sorted(f"{stem}.{suffix}" for stem in stems for suffix in ("png", "svg"))
+    assert sorted(p.name for p in (folder / "plots").iterdir()) == expected
+    markdown = (folder / "report.md").read_text()
+    for stem in stems:
         assert f"(plots/{stem}.png)" in markdown
-    assert "| FP32 |" in markdown and "| adfq W4A4 |" in markdown and "Hardware comparison" in markdown
-
-    text = (run_folder / "report.html").read_text()
+    text = (folder / "report.html").read_text()
     parser = _Resources()
     parser.feed(text)
     parser.close()
-    assert parser.tags.count("img") == len(PLOT_STEMS)
+    assert parser.tags.count("img") == len(stems)
     assert parser.urls and all(url.startswith("data:image/png;base64,") for url in parser.urls), parser.urls
-    assert "link" not in parser.tags and "script" not in parser.tags and "@import" not in text
-    assert "http://" not in text.split("<body>")[0] and "url(" not in text
+    assert "link" not in parser.tags and "script" not in parser.tags and "@import" not in text and "url(" not in text
 
 
-def test_results_carry_what_the_plots_need(run_folder: Path) -> None:
-    results = load_results(run_folder)
+def test_default_run_writes_every_plot_and_both_reports(default_run: Path) -> None:
+    _check_report(default_run, PLOT_STEMS)
+    assert sorted(p.name for p in default_run.iterdir()) == [
+        "plots", "report.html", "report.md", "results.csv", "results.json", "run.log"]
+    markdown = (default_run / "report.md").read_text()
+    results = load_results(default_run)
+    for row in summary.result_rows(results, "edge_npu"):  # FP32 and every (method, bits), integer numbers too
+        assert f"| {row['label']} | {row['fake_quant']:.2f} | " in markdown
+    best = summary.recommended(results, "edge_npu")
+    assert f"Recommended on edge_npu: **{summary.label(best)}**" in markdown
+    assert "Integer-only verification: **0** mismatched codes" in markdown
+    assert "Hardware comparison" not in markdown  # one accelerator
+
+
+def test_compared_run_has_a_plot_and_a_row_per_accelerator(compared_run: Path) -> None:
+    _check_report(compared_run, PLOT_STEMS[:1] + ["accuracy_vs_energy_eyeriss_like"] + PLOT_STEMS[1:])
+    markdown = (compared_run / "report.md").read_text()
+    table = markdown.split("## Hardware comparison")[1].split("## Plots")[0]
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "---" not in line] == [
+        "| accelerator", "| edge_npu", "| eyeriss_like"]
+
+
+def test_results_carry_what_the_plots_need(compared_run: Path) -> None:
+    results = load_results(compared_run)
     assert [spec["name"] for spec in results["hardware"]] == ACCELERATORS
     histograms = results["distributions"]
     for key in ("post_layernorm", "post_gelu"):
-        assert sum(histograms[key]["counts"]) == histograms[key]["values"] > 0
+        hist = histograms[key]
+        assert sum(hist["counts"]) == hist["values"] > 0  # every value in a bin
+        assert hist["edges"][0] == hist["min"] and hist["edges"][-1] == hist["max"]
+    # After the first bin, log-spaced in the distance from the minimum, where post-GELU values crowd.
+    widths = np.diff(histograms["post_gelu"]["edges"])[1:-1]
+    assert np.allclose(widths[1:] / widths[:-1], widths[1] / widths[0], rtol=1e-6) and widths[1] > widths[0]
     adfq = next(e for e in results["results"] if (e["method"], e["bits"]) == ("adfq", "w4a4"))
     assert adfq["quantizers"]["post_layernorm"]["format"] == "ppoq"
     assert adfq["quantizers"]["post_gelu"]["format"] == "log"
@@ -103,9 +141,9 @@ def test_results_carry_what_the_plots_need(run_folder: Path) -> None:
             assert len(rows) == len({name for name, _ in rows})  # every row once
 
 
-def test_report_command_rerenders_identically(run_folder: Path, tmp_path: Path) -> None:
+def test_report_command_rerenders_identically(default_run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
-    shutil.copytree(run_folder, copy)
+    shutil.copytree(default_run, copy)
     before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     shutil.rmtree(copy / "plots")
     (copy / "report.md").unlink()
