@@ -31,6 +31,15 @@ def demo_calibration(calib_images: int, images: int) -> tuple[torch.nn.Module, l
     return load_model(ModelConfig()).model, [calib[:calib_images]], test[:images]
 
 
+def calibrated(quantizer, *batches: torch.Tensor):
+    """The quantizer after observing `batches` and freezing its parameters."""
+    quantizer.begin_calibration()
+    for batch in batches:
+        quantizer(batch)
+    quantizer.end_calibration()
+    return quantizer
+
+
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path

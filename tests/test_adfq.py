@@ -18,14 +18,7 @@ from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.ppoq import OUTLIER_CODE_MAX, PerPatchOutlierQuantizer
 from adfq_sim.quant.quantizers import LogQuantizer, UniformQuantizer
 from adfq_sim.quant.recipes import build_recipe, spec
-
-
-def _calibrate(quantizer, *batches: torch.Tensor):
-    quantizer.begin_calibration()
-    for batch in batches:
-        quantizer(batch)
-    quantizer.end_calibration()
-    return quantizer
+from conftest import calibrated
 
 
 def _post_ln_like(seed: int = 0) -> torch.Tensor:
@@ -45,8 +38,8 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("bits", [4, 6])
 def test_ppoq_beats_per_tensor_on_planted_outliers(bits: int) -> None:
     calib, test = _post_ln_like(0), _post_ln_like(1)
-    ppoq = _calibrate(PerPatchOutlierQuantizer(bits, alpha=5.0), calib)
-    per_tensor = _calibrate(spec("uniform", observer="search").build(bits), calib)
+    ppoq = calibrated(PerPatchOutlierQuantizer(bits, alpha=5.0), calib)
+    per_tensor = calibrated(spec("uniform", observer="search").build(bits), calib)
     assert _mse(ppoq(test), test) < _mse(per_tensor(test), test) / 10
     assert ppoq.scale.shape == (1, 17, 1)
     assert 0.02 < ppoq.calib_outlier_ratio < 0.1
@@ -54,8 +47,8 @@ def test_ppoq_beats_per_tensor_on_planted_outliers(bits: int) -> None:
 
 def test_ppoq_outlier_paths() -> None:
     calib, x = _post_ln_like(0), _post_ln_like(2)
-    exact = _calibrate(PerPatchOutlierQuantizer(4, 5.0, "float"), calib)
-    int16 = _calibrate(PerPatchOutlierQuantizer(4, 5.0, "int16"), calib)
+    exact = calibrated(PerPatchOutlierQuantizer(4, 5.0, "float"), calib)
+    int16 = calibrated(PerPatchOutlierQuantizer(4, 5.0, "int16"), calib)
     mask = x.abs() > 5.0
     assert mask.any()
     # float outliers pass exactly; int16 outliers are within half their outlier step, a power-of-two
@@ -75,7 +68,7 @@ def test_ppoq_outlier_paths() -> None:
 
 
 def test_ppoq_refuses_another_token_count() -> None:
-    q = _calibrate(PerPatchOutlierQuantizer(4, 5.0), _post_ln_like(0))
+    q = calibrated(PerPatchOutlierQuantizer(4, 5.0), _post_ln_like(0))
     with pytest.raises(ValueError, match="token shape"):
         q(torch.randn(2, 9, 64))
 
@@ -103,8 +96,8 @@ def test_slq_beats_uniform_on_gelu_outputs_at_4_bits() -> None:
     g = torch.Generator().manual_seed(0)
     synthetic = F.gelu(torch.randn(64, 17, 256, generator=g) * 1.5 - 0.5)
     for x in [synthetic, *_demo_post_gelu()]:
-        slq = _calibrate(spec("slq", base="sqrt2").build(4), x)
-        uniform = _calibrate(spec("uniform", observer="search").build(4), x)
+        slq = calibrated(spec("slq", base="sqrt2").build(4), x)
+        uniform = calibrated(spec("uniform", observer="search").build(4), x)
         assert _mse(slq(x), x) < _mse(uniform(x), x)
         codes = slq.quantize(x)
         assert int(codes.min()) >= 0 and int(codes.max()) <= 15
@@ -143,7 +136,7 @@ def test_integer_form_round_trips(make) -> None:
     x = _post_ln_like(3)
     if isinstance(quantizer, LogQuantizer):
         x = torch.softmax(x, dim=-1) if quantizer.shift == 0 else F.gelu(x)
-    _calibrate(quantizer, x)
+    calibrated(quantizer, x)
     form = quantizer.integer_form()
     codes = quantizer.quantize(x)
     assert int(codes.min()) >= form["code_min"] and int(codes.max()) <= form["code_max"]
@@ -151,7 +144,7 @@ def test_integer_form_round_trips(make) -> None:
 
 
 def test_log_quantizer_levels_and_zero_code() -> None:
-    q = _calibrate(LogQuantizer(4, "sqrt2"), torch.tensor([1.0, 0.5, 0.01]))
+    q = calibrated(LogQuantizer(4, "sqrt2"), torch.tensor([1.0, 0.5, 0.01]))
     codes = q.quantize(torch.tensor([1.0, 2 ** -0.5, 0.5, 0.0, 1e-9]))
     assert codes.tolist() == [0, 1, 2, 15, 15]
     assert q.dequantize(torch.tensor([15.0])).item() == 0.0

@@ -20,18 +20,11 @@ from adfq_sim.quant.ppoq import PerPatchOutlierQuantizer
 from adfq_sim.quant.quantizers import GELU_MINIMUM, LogQuantizer, UniformQuantizer
 from adfq_sim.quant.twin_uniform import TwinUniformQuantizer
 from hw_models.cost import COMPONENTS
+from conftest import calibrated
 from reports import plots, summary
 
 ACCELERATOR = "npu"
 TOKENS = 5
-
-
-def _calibrated(quantizer, *batches: torch.Tensor):
-    quantizer.begin_calibration()
-    for batch in batches:
-        quantizer(batch)
-    quantizer.end_calibration()
-    return quantizer
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -39,7 +32,7 @@ def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 def _uniform_tensor():
-    return _calibrated(UniformQuantizer(4, "tensor", MinMaxObserver()), _randn(64) * 2 + 0.5, _randn(64, seed=1))
+    return calibrated(UniformQuantizer(4, "tensor", MinMaxObserver()), _randn(64) * 2 + 0.5, _randn(64, seed=1))
 
 
 def _uniform_channel():
@@ -51,17 +44,17 @@ def _uniform_channel():
 def _ppoq():
     x = _randn(4, TOKENS, 16) * torch.linspace(0.5, 2.0, TOKENS)[None, :, None]
     x[0, 1, 3] = 9.0  # one outlier beyond alpha
-    return _calibrated(PerPatchOutlierQuantizer(4, alpha=5.0), x)
+    return calibrated(PerPatchOutlierQuantizer(4, alpha=5.0), x)
 
 
 def _log(base: str, bits: int):
-    return lambda: _calibrated(LogQuantizer(bits, base, shift=GELU_MINIMUM), F.gelu(_randn(256) * 2))
+    return lambda: calibrated(LogQuantizer(bits, base, shift=GELU_MINIMUM), F.gelu(_randn(256) * 2))
 
 
 def _twin(mode: str):
     if mode == "softmax":
-        return lambda: _calibrated(TwinUniformQuantizer(4, "softmax"), torch.softmax(_randn(8, 16) * 3, dim=-1))
-    return lambda: _calibrated(TwinUniformQuantizer(4, "gelu", lower=GELU_MINIMUM), F.gelu(_randn(256) * 2))
+        return lambda: calibrated(TwinUniformQuantizer(4, "softmax"), torch.softmax(_randn(8, 16) * 3, dim=-1))
+    return lambda: calibrated(TwinUniformQuantizer(4, "gelu", lower=GELU_MINIMUM), F.gelu(_randn(256) * 2))
 
 
 def _all_codes(quantizer, form: dict) -> torch.Tensor:
