@@ -53,10 +53,10 @@ def _cost_one(model: torch.nn.Module, cfg: Config, specs: list[AcceleratorSpec],
     entries = []
     for spec in specs:
         result = cost(load, spec)
-        summary = result.summary()
+        priced = result.to_dict()
         log.info("%s on %s: %.2f uJ, %.3f ms per inference\n%s", label, spec.name,
-                 summary["energy_per_inference_uj"], summary["latency_ms"], format_cost_table(result))
-        entries.append({**entry, **summary, "layers": result.layer_rows()})
+                 priced["energy_per_inference_uj"], priced["latency_ms"], format_cost_table(result))
+        entries.append({**entry, **priced})
     return entries
 
 

@@ -7,6 +7,8 @@ calibration batch: where the outliers are, PPOQ's and uniform levels differ most
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -26,10 +28,11 @@ def transformer_blocks(model: nn.Module) -> list[str]:
             if all(hasattr(m, a) for a in ("norm1", "attn", "mlp")) and hasattr(m.mlp, "act")]
 
 
-def _outputs(model: nn.Module, images: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-    """The outputs of the named submodules on one forward pass."""
+def _outputs(model: nn.Module, images: torch.Tensor, names: list[str],
+             keep: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach) -> dict[str, torch.Tensor]:
+    """`keep` of the output of each named submodule on one forward pass (a reduction keeps memory small)."""
     seen: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: seen.__setitem__(n, out.detach()))
+    hooks = [model.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: seen.__setitem__(n, keep(out)))
              for n in names]
     try:
         model(images)
@@ -59,8 +62,8 @@ def capture(model: nn.Module, images: torch.Tensor) -> dict | None:
     blocks = transformer_blocks(model)
     if not blocks:
         return None
-    peaks = _outputs(model, images, [f"{b}.norm1" for b in blocks])
-    block = max(blocks, key=lambda b: float(peaks[f"{b}.norm1"].abs().max()))
+    peaks = _outputs(model, images, [f"{b}.norm1" for b in blocks], keep=lambda out: out.abs().max())
+    block = max(blocks, key=lambda b: float(peaks[f"{b}.norm1"]))
     outputs = _outputs(model, images, [f"{block}.{source}" for source, _, _ in CONSUMERS.values()])
     tensors = {key: _histogram(outputs[f"{block}.{source}"], f"{block}.{source}", f"{block}.{consumer}", log_spaced)
                for key, (source, consumer, log_spaced) in CONSUMERS.items()}

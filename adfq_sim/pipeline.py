@@ -81,11 +81,7 @@ def _costs(program: IntegerProgram | None, integer: dict, specs: list[Accelerato
     verified = integer["verify"]
     per_image = {name: count / verified["images"] for name, count in verified["outliers"]["per_tensor"].items()}
     load = workload(program, per_image)
-    priced = {}
-    for spec in specs:
-        result = cost(load, spec)
-        priced[spec.name] = {**result.summary(), "layers": result.layer_rows()}
-    return priced
+    return {spec.name: cost(load, spec).to_dict() for spec in specs}
 
 
 def _attach_log(folder: Path) -> logging.Handler:

@@ -236,6 +236,10 @@ class Cost:
         return [{**{k: v for k, v in asdict(l).items() if k != "energy_pj"}, "cycles": l.cycles,
                  "bound": l.bound, "energy_pj": l.energy_pj} for l in self.layers]
 
+    def to_dict(self) -> dict:
+        """The totals and the per-layer rows, as results.json and cost.json hold them."""
+        return {**self.summary(), "layers": self.layer_rows()}
+
 
 def cost(load: Workload, spec: AcceleratorSpec) -> Cost:
     """Per-layer and total cost of one inference of `load` on `spec`."""

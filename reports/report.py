@@ -13,8 +13,8 @@ from typing import Callable
 import yaml
 from matplotlib.figure import Figure
 
+from adfq_sim.intsim.program import RESIDUAL_BITS
 from reports import plots, summary
-from reports.plots import COMPONENT_LABELS as COMPONENT_NAMES
 from reports.document import Block, Bullets, Code, Heading, Image, Paragraph, Table
 
 PLOTS_FOLDER = "plots"
@@ -92,10 +92,6 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def _pct(value: float | None) -> str:
-    return _num(value, 2)
-
-
 def _summary_bullets(results: dict) -> list[str]:
     metric, _ = summary.accuracy_metric(results)
     name = "top-1" if metric == "top1" else "agreement with FP32"
@@ -106,7 +102,7 @@ def _summary_bullets(results: dict) -> list[str]:
                          "is priced.")
             continue
         items.append(f"Recommended on {row['accelerator']}: **{row['recommended']}**, {name} "
-                     f"{_pct(row['accuracy'])} % (FP32 {_pct(summary.fp32_accuracy(results))} %), "
+                     f"{_num(row['accuracy'])} % (FP32 {_num(summary.fp32_accuracy(results))} %), "
                      f"{_num(row['energy_uj'], 3)} µJ and {_num(row['latency_ms'], 4)} ms per inference, "
                      f"{_num(row['tops_per_w'])} effective TOPS/W.")
     items += _why(results, name)
@@ -140,14 +136,14 @@ def _why(results: dict, name: str) -> list[str]:
     if rivals:
         best = max(rivals, key=lambda e: summary.deployed_accuracy(e, metric))
         items.append(f"At {chosen['bits'].upper()} the other methods reach at most "
-                     f"{_pct(summary.deployed_accuracy(best, metric))} % integer {name} ({best['method']}), against "
-                     f"{_pct(summary.deployed_accuracy(chosen, metric))} % for {chosen['method']}.")
+                     f"{_num(summary.deployed_accuracy(best, metric))} % integer {name} ({best['method']}), against "
+                     f"{_num(summary.deployed_accuracy(chosen, metric))} % for {chosen['method']}.")
     energy = summary.cost_of(chosen, first)["energy_uj"]
     total = sum(energy.values())
     shares = sorted(((uj / total, component) for component, uj in energy.items() if total and uj / total >= 0.005),
                     reverse=True)
     items.append(f"Where {summary.label(chosen)}'s energy goes on {first}: "
-                 + ", ".join(f"{COMPONENT_NAMES[c]} {100 * share:.0f} %" for share, c in shares) + ".")
+                 + ", ".join(f"{plots.COMPONENT_LABELS[c]} {100 * share:.0f} %" for share, c in shares) + ".")
     return items
 
 
@@ -155,16 +151,16 @@ def _results_table(results: dict) -> Table:
     metric, _ = summary.accuracy_metric(results)
     name = "top-1" if metric == "top1" else "agreement"
     first = summary.accelerators(results)[0]
-    rows = [[r["label"], _pct(r["fake_quant"]), _pct(r["integer"]), _num(r["sqnr_db"]),
+    rows = [[r["label"], _num(r["fake_quant"]), _num(r["integer"]), _num(r["sqnr_db"]),
              _num(None if r["macs"] is None else r["macs"] / 1e6, 3), _num(r["memory_kib"], 1),
              _num(r["energy_uj"], 3), _num(r["latency_ms"], 4)] for r in summary.result_rows(results, first)]
-    return Table([f"configuration", f"fake-quant {name} (%)", f"integer {name} (%)", "logit SQNR (dB)", "MACs (M)",
+    return Table(["configuration", f"fake-quant {name} (%)", f"integer {name} (%)", "logit SQNR (dB)", "MACs (M)",
                   "memory (KiB)", f"energy (µJ, {first})", f"latency (ms, {first})"], rows, "lrrrrrrr")
 
 
 def _hardware_table(results: dict) -> Table:
     rows = [[r["accelerator"], r["array"], _num(r["clock_mhz"], 0), _num(r["sram_kib"], 0), r["recommended"] or "-",
-             _pct(r["accuracy"]), _num(r["energy_uj"], 3), _num(r["latency_ms"], 4), _num(r["tops_per_w"])]
+             _num(r["accuracy"]), _num(r["energy_uj"], 3), _num(r["latency_ms"], 4), _num(r["tops_per_w"])]
             for r in summary.hardware_rows(results)]
     return Table(["accelerator", "PE array", "clock (MHz)", "SRAM (KiB)", "recommended", "accuracy (%)",
                   "energy (µJ)", "latency (ms)", "effective TOPS/W"], rows, "llrrlrrrr")
@@ -194,18 +190,17 @@ def build(results: dict, specs: list[PlotSpec]) -> list[Block]:
         Bullets(_summary_bullets(results)),
         Heading("Results"),
         _results_table(results),
-        Bullets([
+        Bullets(([] if metric == "top1" else ["The data has no labels: the accuracy columns are arg-max agreement "
+                                              "with FP32 (%)."]) + [
             "**fake-quant**: the PyTorch model with quantized GEMM inputs and weights ("
             + ", ".join(ops["quantized"]) + "); float: " + ", ".join(ops["float"]) + ".",
             "**integer**: the exported integer-only program run by the Numba simulator — every op integer "
-            "(integer LayerNorm, softmax and GELU, dyadic requantization, 20-bit residual stream, PPOQ outliers "
-            "on a sparse int16 path); this is what the cost columns price.",
+            f"(integer LayerNorm, softmax and GELU, dyadic requantization, {RESIDUAL_BITS}-bit residual stream, "
+            "PPOQ outliers on a sparse int16 path); this is what the cost columns price.",
             "**logit SQNR**: FP32 logits against the fake-quant logits, 10·log10(signal / error power).",
             "**MACs, memory, energy, latency**: one inference on the accelerator named in the column (cost model, "
             "`hw_models`); memory is weights (with rules and zero-points), peak live activations and outliers.",
             "`-`: not applicable, or the configuration was not exported to an integer program.",
-        ] if metric == "top1" else [
-            "The data has no labels: accuracy columns are arg-max agreement with FP32 (%).",
         ]),
     ]
     if len(summary.accelerators(results)) > 1:
