@@ -95,7 +95,8 @@ def _attach_log(folder: Path) -> logging.Handler:
 
 
 def run_experiment(cfg: Config) -> Path:
-    """Run the configured experiment and write `<out>/<name>/` (results.json, results.csv, run.log)."""
+    """Run the configured experiment and write `<out>/<name>/` (results.json, results.csv, run.log), then
+    its plots and reports."""
     started = time.perf_counter()
     final = Path(cfg.out) / cfg.name
     with atomic_run_dir(final) as folder:
@@ -108,10 +109,11 @@ def run_experiment(cfg: Config) -> Path:
         results["timings"] = {"total_s": time.perf_counter() - started}
         _write_text(folder / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
         _write_text(folder / "results.csv", results_csv(results))
-        start = time.perf_counter()
-        render(folder)
-        log.info("report rendered in %.1f s", time.perf_counter() - start)
-    log.info("wrote %s", final)
+    # Rendered once the results are in place: a plotting failure must not take the run's results with it
+    # (`adfq-sim report` can draw them again), and the report files are each written atomically.
+    start = time.perf_counter()
+    render(final)
+    log.info("wrote %s (report rendered in %.1f s)", final, time.perf_counter() - start)
     return final
 
 
