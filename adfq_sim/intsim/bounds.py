@@ -7,9 +7,9 @@ The proof: every GEMM of `reference` is a sum of per-position terms, and each te
 contains 0. Then every partial sum, in any order and over any subset of positions (what a vectorised
 or tiled loop forms), lies in [sum of the terms' minima, sum of their maxima], so bounding the full sum
 bounds every intermediate too. Per output channel n and position k:
-- dense: A[m, k] * W[n, k] << shift with A in [a_lo, a_hi], W[n, k] in [w_lo, w_hi] (equal for weights);
-- outliers: at most R positions of a row hold an outlier instead (dense code 0 there), contributing
-  o * W[n, k] with o in the int16 outlier range; the bound adds the R largest gains over the dense term;
+- dense: A[m, k] * W[n, k] with A in [a_lo, a_hi], W[n, k] in [w_lo, w_hi] (equal for weights); PPOQ's
+  dense part is bounded alone (its outlier codes hold the zero-point), the sparse products are summed
+  in int64 by the program;
 - log-shift: floor(b * 2**E / 2**j) lies between min(b, 0) * 2**E and max(b, 0) * 2**E for any j >= 0,
   and the sqrt2 rule keeps it: acc_even and acc_odd split the terms, and |requantize(x, 1/sqrt2)| <= |x|
   with the sign of x; the odd accumulator times m < 2**31 then fits int64;
@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from adfq_sim.quant.ppoq import OUTLIER_CODE_MAX, OUTLIER_CODE_MIN
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -60,27 +58,18 @@ def _finish(lo: np.ndarray, hi: np.ndarray, bias: np.ndarray | None) -> AccBound
 
 
 def dense_bound(a_range: tuple[int, int], w_lo: np.ndarray, w_hi: np.ndarray | None = None,
-                bias: np.ndarray | None = None, *, shift: int = 0, max_outliers: int = 0,
-                outlier_range: tuple[int, int] = (OUTLIER_CODE_MIN, OUTLIER_CODE_MAX)) -> AccBound:
-    """Bound of `dense_gemm` / `dense_with_outliers` per output channel.
+                bias: np.ndarray | None = None) -> AccBound:
+    """Bound of `dense_gemm` per output channel.
 
     a_range: the codes of A (minus zero-points), all tokens included. w_lo, w_hi: elementwise limits of
     W, broadcastable to [N, K]; for a weight layer pass the weight codes as w_lo (w_hi defaults to it),
-    for an activation operand (Q.K^T) arrays [1, K] of its code range. max_outliers: outliers a row may
-    hold (K for a PPOQ input: any element may be one); shift: the outlier shift.
+    for an activation operand (Q.K^T) arrays [1, K] of its code range.
     """
     w_lo = np.atleast_2d(np.asarray(w_lo))
     w_hi = w_lo if w_hi is None else np.atleast_2d(np.asarray(w_hi))
     d_lo, d_hi = _product_range(*a_range, w_lo, w_hi)
-    d_lo, d_hi = np.broadcast_arrays(d_lo * 2.0**shift, d_hi * 2.0**shift)
-    lo, hi = d_lo.sum(axis=1), d_hi.sum(axis=1)
-    r = min(max_outliers, d_lo.shape[1])
-    if r > 0:
-        o_lo, o_hi = _product_range(*outlier_range, w_lo, w_hi)
-        gain_hi = np.sort(np.maximum(o_hi - d_hi, 0.0), axis=1)[:, ::-1]  # the R best outlier positions
-        loss_lo = np.sort(np.minimum(o_lo - d_lo, 0.0), axis=1)
-        hi, lo = hi + gain_hi[:, :r].sum(axis=1), lo + loss_lo[:, :r].sum(axis=1)
-    return _finish(lo, hi, bias)
+    d_lo, d_hi = np.broadcast_arrays(d_lo, d_hi)
+    return _finish(d_lo.sum(axis=1), d_hi.sum(axis=1), bias)
 
 
 def log_shift_bound(b_lo: np.ndarray, b_hi: np.ndarray | None, e: int,

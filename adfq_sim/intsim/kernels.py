@@ -26,8 +26,7 @@ from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 from adfq_sim.intsim.dyadic import requantize_one
-from adfq_sim.intsim.reference import (INV_SQRT2, check_bias, check_log_args, check_outlier_gemm, check_outliers,
-                                       gemm_shapes)
+from adfq_sim.intsim.reference import INV_SQRT2, check_bias, check_log_args, check_outliers, gemm_shapes
 
 ROW_BLOCK = 8  # rows of A sharing each row of W while it is hot in L1
 TILE_ROWS, TILE_PANELS = 4, 4  # VNNI tile: rows of A x 16-column panels of W, 16 zmm accumulators
@@ -405,15 +404,3 @@ def add_outliers(acc: np.ndarray, rows: np.ndarray, cols: np.ndarray, codes: np.
     rows, cols, codes = rows[order].astype(np.int32), cols[order].astype(np.int32), codes[order].astype(np.int16)
     starts = np.flatnonzero(np.diff(rows, prepend=-1, append=-1)).astype(np.int64)
     _outlier_kernel(acc, starts, rows, cols, codes, np.ascontiguousarray(_codes(w).T))
-
-
-def dense_with_outliers(a: np.ndarray, w: np.ndarray, rows: np.ndarray, cols: np.ndarray, codes: np.ndarray,
-                        shift: int, bias: np.ndarray | None = None) -> np.ndarray:
-    """((A @ W^T) << shift) + sparse outlier products + bias as int32 [M, N] (A, W 2-D)."""
-    check_outlier_gemm(a, w, shift)
-    acc = dense_gemm(a, w)
-    acc <<= shift  # a separate pass: a variable shift inside the dot-product loop stops its vectorisation
-    add_outliers(acc, rows, cols, codes, w)
-    if bias is not None:
-        acc += _bias(bias, acc.shape[1])
-    return acc

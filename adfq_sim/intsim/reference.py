@@ -94,14 +94,6 @@ def check_outliers(rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, m: int
         raise ValueError(f"outlier codes outside int16: [{codes.min()}, {codes.max()}]")
 
 
-def check_outlier_gemm(a: np.ndarray, w: np.ndarray, shift: int) -> None:
-    """The outlier path works on 2-D operands with a left shift of the dense part in 0..31."""
-    if a.ndim != 2 or w.ndim != 2:
-        raise ValueError(f"the outlier path takes 2-D A and W, got {a.shape} and {w.shape}")
-    if not 0 <= shift <= 31:
-        raise ValueError(f"outlier shift must be in 0..31, got {shift}")
-
-
 def _with_bias(acc: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     check_bias(bias, acc.shape[-1])
     return acc if bias is None else acc + bias.astype(np.int64)
@@ -141,14 +133,6 @@ def outlier_gemm(rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.nd
     acc = np.zeros((m, w.shape[0]), dtype=np.int64)
     np.add.at(acc, rows.astype(np.int64), codes.astype(np.int64)[:, None] * w[:, cols].T.astype(np.int64))
     return acc
-
-
-def dense_with_outliers(a: np.ndarray, w: np.ndarray, rows: np.ndarray, cols: np.ndarray, codes: np.ndarray,
-                        shift: int, bias: np.ndarray | None = None) -> np.ndarray:
-    """((A @ W^T) << shift) + sparse outlier products + bias, exactly, as int64 [M, N] (A, W 2-D)."""
-    check_outlier_gemm(a, w, shift)
-    acc = (dense_gemm(a, w) << shift) + outlier_gemm(rows, cols, codes, w, a.shape[0])
-    return _with_bias(acc, bias)
 
 
 def saturate(acc: np.ndarray) -> np.ndarray:
