@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from adfq_sim.hooks import attached
+
 HISTOGRAM_BINS = 128
 # Post-GELU values crowd just above the GELU minimum, where SLQ puts its levels: their bins are spaced
 # geometrically in the distance from the minimum, the first one this fraction of the range wide.
@@ -32,13 +34,9 @@ def _outputs(model: nn.Module, images: torch.Tensor, names: list[str],
              keep: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach) -> dict[str, torch.Tensor]:
     """`keep` of the output of each named submodule on one forward pass (a reduction keeps memory small)."""
     seen: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: seen.__setitem__(n, keep(out)))
-             for n in names]
-    try:
+    with attached(model.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: seen.__setitem__(n, keep(out)))
+                  for n in names):
         model(images)
-    finally:
-        for h in hooks:
-            h.remove()
     return seen
 
 

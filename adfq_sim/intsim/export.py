@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
+from adfq_sim.hooks import attached
 from adfq_sim.intsim.bounds import INT32_MAX, check_int32, dense_bound, log_shift_bound
 from adfq_sim.intsim.dyadic import dyadic_array, requantize
 from adfq_sim.intsim.nonlinear_reference import (EXP_ONE_BITS, SOFTMAX_INPUT_MAX, GeluConstants, LayerNormConstants,
@@ -219,13 +220,9 @@ def _residual_scales(qmodel: QuantModel, calib_batches: Iterable[torch.Tensor]) 
             maxima[i] = max(maxima[i], float(inputs[0].abs().max()))
         return record
 
-    handles = [p.register_forward_pre_hook(hook(i)) for i, p in enumerate(points)]
-    try:
+    with attached(p.register_forward_pre_hook(hook(i)) for i, p in enumerate(points)):
         for images in calib_batches:
             model(images)
-    finally:
-        for h in handles:
-            h.remove()
     return [RESIDUAL_HEADROOM * max(v, 1e-12) / RESIDUAL_MAX for v in maxima]
 
 

@@ -98,15 +98,12 @@ def _capture(model: nn.Module, module: nn.Module, images: torch.Tensor, batch_si
             outputs.append(out.detach())
         raise _Stop
 
-    handle = module.register_forward_hook(hook, with_kwargs=True)
-    try:
+    with module.register_forward_hook(hook, with_kwargs=True):
         for start in range(0, len(images), batch_size):
             try:
                 model(images[start:start + batch_size])
             except _Stop:
                 pass
-    finally:
-        handle.remove()
     return calls, (torch.cat(outputs) if with_output else None)
 
 

@@ -37,6 +37,7 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from adfq_sim.config import Ptq4vitConfig, QuantConfig
+from adfq_sim.hooks import attached
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.modules import QuantConv2d, QuantLinear
 from adfq_sim.quant.quantizers import GELU_MINIMUM, Quantizer, UniformQuantizer
@@ -149,7 +150,7 @@ class _MatmulTap(TorchFunctionMode):
 def _capture_batch(qmodel: QuantModel, layers: list[_Layer], images: torch.Tensor,
                    hessian: bool) -> dict[str, _Data]:
     """Inputs, float outputs and squared task-loss gradients of `layers` on one batch."""
-    tap, hooks, records = _MatmulTap(), [], {}
+    tap, records = _MatmulTap(), {}
 
     def gemm_hook(layer: _Layer):
         def hook(module, args, out):
@@ -161,17 +162,10 @@ def _capture_batch(qmodel: QuantModel, layers: list[_Layer], images: torch.Tenso
             tap.tags[id(out)] = (out, layer)
         return hook
 
-    for layer in layers:
-        if layer.module is not None:
-            hooks.append(layer.module.register_forward_hook(gemm_hook(layer)))
-        else:
-            hooks.append(layer.quantizers[0].register_forward_hook(tag_hook(layer)))
-    try:
-        with torch.set_grad_enabled(hessian), tap:
-            logits = qmodel(images.detach().requires_grad_(hessian))
-    finally:
-        for h in hooks:
-            h.remove()
+    hooks = (layer.module.register_forward_hook(gemm_hook(layer)) if layer.module is not None
+             else layer.quantizers[0].register_forward_hook(tag_hook(layer)) for layer in layers)
+    with attached(hooks), torch.set_grad_enabled(hessian), tap:
+        logits = qmodel(images.detach().requires_grad_(hessian))
     records.update(tap.records)
     missing = [layer.name for layer in layers if layer.name not in records]
     if missing:

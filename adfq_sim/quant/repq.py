@@ -36,6 +36,7 @@ from torch import nn
 
 from adfq_sim.config import QuantConfig
 from adfq_sim.errors import UserInputError
+from adfq_sim.hooks import attached
 from adfq_sim.quant.recipes import Recipe, spec, uniform_everywhere
 
 # Clip candidates of the reference implementation (percentile p: the range [(100 - p)-th, p-th]).
@@ -99,13 +100,9 @@ def _channel_ranges(model: nn.Module, norms: list[nn.LayerNorm], batches: Sequen
             highs[index] = hi if highs[index] is None else torch.maximum(highs[index], hi)
         return record
 
-    handles = [norm.register_forward_hook(hook(i)) for i, norm in enumerate(norms)]
-    try:
+    with attached(norm.register_forward_hook(hook(i)) for i, norm in enumerate(norms)):
         for images in batches:
             model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
     return list(zip(lows, highs))
 
 
@@ -117,12 +114,8 @@ def _record_owners(model: nn.Module, owners: list[nn.Module], images: torch.Tens
     def record(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         records.setdefault(id(module), (args, kwargs, out))
 
-    handles = [owner.register_forward_hook(record, with_kwargs=True) for owner in owners]
-    try:
+    with attached(owner.register_forward_hook(record, with_kwargs=True) for owner in owners):
         model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
     return records
 
 
