@@ -1,9 +1,9 @@
 """Render a run folder's report: plots/ (PNG and SVG), report.md and report.html, from results.json alone.
 
-`adfq-sim run` calls this on the folder it is writing; `adfq-sim report RUN_DIR` calls it again later
-without recomputing anything. The plots are drawn into a hidden temporary folder that replaces plots/ only when
-complete, then each report file is written under a temporary name and renamed: no file is ever half
-written.
+`adfq-sim run` calls this once its run folder is in place; `adfq-sim report RUN_DIR` calls it again
+later without recomputing anything. The plots are drawn into a hidden temporary folder that replaces
+plots/ only when complete, then each report file is written under a temporary name and renamed: no file
+is ever half written.
 """
 
 from __future__ import annotations

@@ -211,9 +211,10 @@ def build(results: dict, specs: list[PlotSpec]) -> list[Block]:
     blocks.append(Heading("Plots"))
     for spec in specs:
         blocks.append(Image(spec.png, spec.title, spec.caption))
+    focused = summary.focus(results)
     blocks += [
-        Paragraph(f"Per-layer plots describe {summary.label(summary.focus(results)) if summary.focus(results) else '-'}"
-                  f" on {first} (`report.focus`, default: the recommended configuration). Every plot is also in "
+        Paragraph(f"Per-layer plots describe {summary.label(focused) if focused else '-'} on {first} "
+                  "(`report.focus`, default: the recommended configuration). Every plot is also in "
                   f"`{PLOTS_FOLDER}/` as SVG."),
         Heading("Configuration"),
         Paragraph("The resolved configuration of this run (every default filled in):"),
