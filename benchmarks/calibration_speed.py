@@ -4,8 +4,9 @@ Part 1: every method at W4A4 on the embedded demo (128 calibration images), with
 `minmax` calibration measured in the same process.
 Part 2: ASMO on a random-init DeiT-Small (random images): seconds per iteration and per module for the
 first blocks' attention and MLP modules, at the reference's batch 32, extrapolated to the reference's
-300 iterations per module. The ADFQ-ViT reference implementation spends about 10 s per attention and
-14 s per MLP module for that on one H100 (REFERENCES.md); on a CPU this is only a scale.
+300 iterations per module. The ADFQ-ViT reference implementation is said to spend about 10 s per
+attention and 14 s per MLP module for that on one H100, a figure whose source we have not traced
+(docs/references.md, "Figures without a traced source"); on a CPU it is only a scale.
 
     python benchmarks/calibration_speed.py [--images 64] [--iters 20] [--blocks 1] [--device auto]
 """

@@ -21,13 +21,14 @@ The model, and every assumption in it:
   bandwidth-bound, no overlap across layers.
 - Energy. A MAC costs its multiplier's int8_mult x (a x w) / 64, a and w the widths of the MAC kind
   that runs it (quadratic in width, the Accelergy / Aladdin convention: 6-bit operands on an 8x8
-  multiplier cost 8x8), and its accumulation int32_add x accumulator_bits / 32 (linear); a shift-add costs
-  a tenth of an int8 multiply (REFERENCES: a barrel shift is about a tenth) plus the accumulation; an
-  outlier MAC is a 16 x w-bit multiply plus the accumulation; a vector op costs one int32 add per
-  element and cycle of work. An SRAM level costs its pj_per_bit, else the per-bit read of Horowitz's
-  8 KB SRAM whatever its size (an optimistic default for large buffers: set pj_per_bit per level for a
-  CACTI figure); DRAM the spec's pj_per_bit. Logic energies scale from their 45 nm source linearly with the node
-  (node / 45), a first-order approximation; `energy_pj` overrides any unit at the spec's node.
+  multiplier cost 8x8), and its accumulation int32_add x accumulator_bits / 32 (linear); a shift-add
+  costs a tenth of an int8 multiply (our assumption, of the order of an 8-bit add; no published figure
+  gives it: docs/references.md, "Shifts") plus the accumulation; an outlier MAC is a 16 x w-bit
+  multiply plus the accumulation; a vector op costs one int32 add per element and cycle of work. An
+  SRAM level costs its pj_per_bit, else the per-bit read of Horowitz's 8 KB SRAM whatever its size (an
+  optimistic default for large buffers: set pj_per_bit per level for a CACTI figure); DRAM the spec's
+  pj_per_bit. Logic energies scale from their 45 nm source linearly with the node (node / 45), a
+  first-order approximation; `energy_pj` overrides any unit at the spec's node.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Default unit energies, each with its source and technology node: what an operation or an access costs.
 
 Values are per operation (or per bit moved) at 45 nm from Horowitz, "Computing's energy problem (and what
-we can do about it)", ISSCC 2014, and the DRAM-per-bit figures of Accelergy's CACTI plug-in, as collected
-in the project's REFERENCES. A spec's `energy_pj` may override any entry by name (at the spec's own node).
+we can do about it)", ISSCC 2014, and the DRAM-per-bit figures of Accelergy's CACTI plug-in
+(`cacti_wrapper.py`, which cites their origins); docs/references.md, "Unit energies", lists them with
+their sources. A spec's `energy_pj` may override any entry by name (at the spec's own node).
 Scaling to other nodes and to other operand widths is the cost model's job; the table holds only what
 the sources state.
 """

@@ -13,7 +13,8 @@ from adfq_sim.data.sources import eval_data_config
 from conftest import write_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("imagenet_*.yaml"))
-# REFERENCES.md: crop_pct 0.875 for DeiT, 0.9 for ViT and Swin; mean = std = 0.5 for ViT, ImageNet's otherwise.
+# The ADFQ-ViT protocol (docs/references.md, "ImageNet data protocol"): crop_pct 0.875 for DeiT,
+# 0.9 for ViT and Swin; mean = std = 0.5 for ViT, ImageNet's otherwise.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 PROTOCOL = {"deit": (0.875, IMAGENET_MEAN), "vit": (0.9, (0.5, 0.5, 0.5)), "swin": (0.9, IMAGENET_MEAN)}
 

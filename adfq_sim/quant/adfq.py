@@ -1,6 +1,6 @@
 """The ADFQ-ViT method as a recipe: PPOQ on post-LayerNorm, SLQ on post-GELU, log-sqrt2 softmax, ASMO.
 
-Mapping per block (REFERENCES.md): qkv input and fc1 input: PPOQ; fc2 input: SLQ; Q, K, V, proj input,
+Mapping per block (docs/references.md, ADFQ-ViT): qkv input and fc1 input: PPOQ; fc2 input: SLQ; Q, K, V, proj input,
 patch-embedding and head inputs: uniform per tensor (range by MSE search); softmax output: log-sqrt2
 per tensor; weights: uniform per output channel, each channel's clipping by MSE search (their
 rounding then learned by ASMO). Each component can
