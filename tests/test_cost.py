@@ -1,4 +1,4 @@
-"""The cost model's properties (issue 5): energy is the sum of its parts, more bits never cost less,
+"""The cost model's properties: energy is the sum of its parts, more bits never cost less,
 more bandwidth never adds latency, a bigger array never adds compute cycles, no outliers cost nothing."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Accelerator specs: every preset loads; bad specs fail with one line naming the field (issue 5, scope 1-2)."""
+"""Accelerator specs: every preset loads; bad specs fail with one line naming the field."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every method exports, and its three executions agree code for code (issue 4's zero-mismatch bar).
+"""Every method exports, and its three executions agree code for code (zero mismatches).
 
 The demo at W8A8, W6A6 and W4A4 with minmax, percentile, ptq4vit, repq and adfq: the Numba simulator
 equals the int64 reference and the integer-faithful PyTorch mode at every quantized tensor, including
@@ -82,7 +82,7 @@ def test_three_executions_agree_at_every_tensor(demo, method, bits, tmp_path):
 
 @pytest.mark.parametrize("bits, bar", [(8, 0.1), (4, 0.5)])
 def test_adfq_integer_top1_tracks_the_fake_quant(bits, bar):
-    """Issue 4's bars on the whole demo test split, ADFQ as `adfq-sim run` calibrates it (ASMO `fast`):
+    """Bars on the whole demo test split, ADFQ as `adfq-sim run` calibrates it (ASMO `fast`):
     the integer simulator's top-1 within 0.1 points of the paper-style fake-quant at W8A8 and 0.5 at
     W4A4. Measured here: W8A8 gap 0 (100 % arg-max agreement), W4A4 gap 0.22 (one image, 99.78 %); in
     the default `adfq-sim run` both gaps are 0. (With a 16-bit residual stream: 0.22 / 0.67 there.)"""

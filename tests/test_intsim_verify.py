@@ -1,4 +1,4 @@
-"""The integer-faithful PyTorch mode against the int64 NumPy reference, code for code (DESIGN item 7).
+"""The integer-faithful PyTorch mode against the int64 NumPy reference, code for code (zero mismatches).
 
 Two independent readings of one IntegerProgram must agree at every quantized tensor of the demo (64 test
 images, minmax and percentile at W8A8 and W4A4): zero mismatches. `verify` must see a single planted

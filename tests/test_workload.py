@@ -1,4 +1,4 @@
-"""The workload read off an IntegerProgram counts exactly the MACs of the model (issue 5's MAC bar).
+"""The workload read off an IntegerProgram counts exactly the MACs of the model.
 
 The independent count is torch's FLOP counter on the float timm model with fused attention off
 (2 FLOPs per MAC), for the architectures of DeiT-T/S/B and ViT-S/B (random init, so no weights are
