@@ -39,8 +39,8 @@ def format_cost_table(result: Cost) -> str:
 
 def _outliers_per_image(program, images: torch.Tensor) -> dict[str, float]:
     _, codes = run_simulator(program, images)
-    return {name.removesuffix("_outliers"): float(np.count_nonzero(c)) / len(images)
-            for name, c in codes.items() if name.endswith("_outliers")}
+    return {dense: float(np.count_nonzero(codes[matrix])) / len(images)
+            for matrix, dense in program.outlier_tensors().items()}
 
 
 def _cost_one(model: torch.nn.Module, cfg: Config, specs: list[AcceleratorSpec], method: str, bits: str,

@@ -49,9 +49,9 @@ def compare_codes(program: IntegerProgram, images: torch.Tensor) -> tuple[list[L
     traffic of the sparse outlier path: PPOQ outliers among the post-LayerNorm elements verified."""
     _, simulated = run_simulator(program, images)
     _, faithful = run_faithful(program, images)
-    outlier_tensors = [name for name in simulated if name.endswith("_outliers")]
-    per_tensor = {n.removesuffix("_outliers"): int(np.count_nonzero(simulated[n])) for n in outlier_tensors}
-    outliers = {"count": sum(per_tensor.values()), "elements": sum(int(simulated[n].size) for n in outlier_tensors),
+    pairs = program.outlier_tensors()
+    per_tensor = {codes: int(np.count_nonzero(simulated[matrix])) for matrix, codes in pairs.items()}
+    outliers = {"count": sum(per_tensor.values()), "elements": sum(int(simulated[m].size) for m in pairs),
                 "per_tensor": per_tensor}
     return verify(simulated, faithful, program.tensor_formats()), outliers
 
@@ -135,10 +135,10 @@ def _verify_saved(path: Path, images: torch.Tensor) -> dict:
         program = load_program(path)
     except (OSError, ValueError) as exc:
         raise UserInputError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
-    side = int(round((program.tokens - 1) ** 0.5)) * program.patch
-    if tuple(images.shape[2:]) != (side, side):
-        raise UserInputError(f"{path}: the program takes {side}x{side} images, the config's data gives "
-                             f"{images.shape[2]}x{images.shape[3]}")
+    image = program.image
+    if tuple(images.shape[1:]) != (image.channels, image.height, image.width):
+        raise UserInputError(f"{path}: the program takes {image.channels}x{image.height}x{image.width} images, the "
+                             f"config's data gives {'x'.join(map(str, images.shape[1:]))}")
     reports, outliers = compare_codes(program, images)
     log.info("%s: simulator vs integer-faithful fake-quant (%d outliers on the sparse path)\n%s", path,
              outliers["count"], format_table(reports))

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from adfq_sim.formats import OUTLIER_BITS
 from hw_models.dataflow import gemm_cycles
 from hw_models.dataflow import utilisation as utilisation_of
 from hw_models.energy import UNIT_ENERGY
@@ -46,7 +47,7 @@ from hw_models.workload import GemmOp, VectorOp, Workload
 
 RULE_BITS = 32 + 8  # per output channel: the dyadic rule (mantissa and shift) and a zero-point
 SHIFT_ADD_OF_MULT = 0.1  # a shift-add's multiply-part energy relative to an int8 multiply
-OUTLIER_CODE_BITS = 16
+
 COMPONENTS = ("dense_macs", "shift_adds", "outliers", "vector", "sram", "dram")
 
 
@@ -133,7 +134,7 @@ def _gemm_arrays(g: GemmOp, spec: AcceleratorSpec, rows: np.ndarray, cols: np.nd
     if g.outlier_macs:
         lanes = spec.outlier_lanes if spec.outlier_lanes else rows * cols
         compute = compute + np.ceil(g.outlier_macs / lanes)
-        energy["outliers"] = zero + g.outlier_macs * _mac_pj(spec, OUTLIER_CODE_BITS, g.b_bits)
+        energy["outliers"] = zero + g.outlier_macs * _mac_pj(spec, OUTLIER_BITS, g.b_bits)
     a_bits = g.groups * g.m * g.k * g.a_bits
     b_bits = g.groups * g.k * g.n * g.b_bits if not g.weights else _weight_bits(g)
     out_bits = g.groups * g.m * g.n * g.out_bits
@@ -250,7 +251,7 @@ def cost(load: Workload, spec: AcceleratorSpec) -> Cost:
     layers += [_vector_cost(v, spec) for v in load.vector_ops]
     peak = max(g.groups * (g.m * g.k * g.a_bits + g.m * g.n * g.out_bits) for g in load.gemms)
     index_bits = max(1, int(np.ceil(np.log2(max(g.m * g.k for g in load.gemms)))))
-    outliers = sum(g.outliers for g in load.gemms) * (OUTLIER_CODE_BITS + index_bits)
+    outliers = sum(g.outliers for g in load.gemms) * (OUTLIER_BITS + index_bits)
     return Cost(spec, layers, weight_bits, float(peak), float(outliers))
 
 

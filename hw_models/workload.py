@@ -1,23 +1,28 @@
 """The workload of one inference, read off an IntegerProgram: what the simulator executes, as op counts.
 
-The cost model prices exactly these ops, so they come from the deployed program (shapes, operand
-formats and widths, log-coded and twin operands, non-linear ops), never from the float model. Counts
-are per image. PPOQ outliers are data-dependent: `outliers_per_image` supplies the measured count per
-post-LayerNorm tensor (e.g. "blocks.0.qkv_in"); without it the sparse path counts zero.
+The cost model prices exactly these ops, so they come from the deployed program's op list (shapes,
+operand formats and widths, non-linear ops), never from the float model. Counts are per image. PPOQ
+outliers are data-dependent: `outliers_per_image` supplies the measured count per post-LayerNorm
+codes tensor (e.g. "blocks.0.qkv_in"); without it the sparse path counts zero.
 
-GEMM kinds by the left operand's format: "dense" (uniform / PPOQ codes: integer MACs), "shift" (log
-codes: shift-adds), "twin" (twin-uniform codes: one integer MAC per element, split over two ranges);
-PPOQ outliers add "outlier" MACs, one per outlier and output channel.
+A GEMM's kind is its left operand's format's (`formats.FORMATS`): "dense" (uniform / PPOQ codes:
+integer MACs), "shift" (log codes: shift-adds), "twin" (twin-uniform codes: one integer MAC per element,
+split over two ranges); PPOQ outliers add "outlier" MACs, one per outlier and output channel. Ops that
+only move rows (patches, Swin's window partition and reverse, patch merging's gather, the class token)
+are address generation: they cost no vector-unit work. A GEMM's output width is what it stores: the
+codes its accumulator is requantized to (following a Requantize or a residual add), else the int32
+accumulator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterator, Union
 
-from adfq_sim.intsim.nonlinear_reference import LogOutput, StepOutput
-from adfq_sim.intsim.program import RESIDUAL_BITS, Gemm, IntegerProgram, LogOperand, Operand, TwinOperand
-
-ACC_BITS = 32  # Q.K^T scores and the fc1 accumulator (GELU's input) leave their GEMM as int32
+from adfq_sim.formats import ACCUMULATOR, ACCUMULATOR_BITS, FORMATS
+from adfq_sim.intsim.ops import (AttentionMix, AttentionScores, Gelu, LayerNorm, Linear, MeanPool, Op, QuantizeTokens,
+                                 Requantize, ResidualAdd, Softmax, op_inputs)
+from adfq_sim.intsim.program import IntegerProgram
 
 
 @dataclass(frozen=True)
@@ -65,64 +70,89 @@ class Workload:
         return sum(g.macs for g in self.gemms if kind is None or g.kind == kind)
 
 
-def _kind(operand: Operand) -> str:
-    if isinstance(operand, LogOperand):
-        return "shift"
-    return "twin" if isinstance(operand, TwinOperand) else "dense"
-
-
-def _weight_bits(g: Gemm) -> int:
+def _weight_bits(weight) -> int:
     """Bits of a weight code: the widest per-channel span of the stored codes minus zero-points."""
-    span = int((g.weight.max(axis=1) - g.weight.min(axis=1)).max(initial=0))
+    span = int((weight.max(axis=1) - weight.min(axis=1)).max(initial=0))
     return max(1, span.bit_length())
 
 
-def _code_bits(qmax: int) -> int:
-    return max(1, int(qmax).bit_length())
+class _Reader:
+    """The program with the lookups pricing needs: tensor shapes and widths, and who reads a tensor."""
+
+    def __init__(self, program: IntegerProgram, outliers: dict[str, float]) -> None:
+        self.program, self.outliers = program, outliers
+        self.readers: dict[str, Op] = {}
+        for op in program.ops:
+            for name in op_inputs(op):
+                self.readers.setdefault(name, op)
+
+    def elements(self, name: str) -> int:
+        t = self.program.tensor(name)
+        return t.rows * t.cols
+
+    def bits(self, name: str) -> int:
+        return self.program.tensor(name).bits
+
+    def stored_bits(self, name: str) -> int:
+        """The width a GEMM output is stored at: an accumulator requantized by its reader (a Requantize,
+        a residual add) is stored as that reader's output; others as they are."""
+        if self.program.tensor(name).format != ACCUMULATOR.name:
+            return self.bits(name)
+        reader = self.readers.get(name)
+        if isinstance(reader, (Requantize, ResidualAdd)):
+            return self.bits(reader.output)
+        return ACCUMULATOR_BITS
 
 
-def _probs_bits(out) -> int:
-    if isinstance(out, LogOutput):
-        return _code_bits(out.zero_code)
-    if isinstance(out, StepOutput):
-        return _code_bits(int(out.codes.max()))
-    return _code_bits(out.qmax)
+def _kind(fmt: str) -> str:
+    return FORMATS[fmt].kind
+
+
+def _linear(op: Linear, r: _Reader) -> Iterator[Union[GemmOp, VectorOp]]:
+    rows = r.program.tensor(op.input).rows
+    n, k = op.gemm.weight.shape
+    yield GemmOp(op.name, _kind(op.gemm.operand.format), rows, n, k, 1, r.bits(op.input), _weight_bits(op.gemm.weight),
+                 op.gemm.operand.format, True, r.stored_bits(op.outputs[0].output), r.outliers.get(op.input, 0.0))
+    if op.requant_name:
+        yield VectorOp(op.requant_name, "requant", sum(r.elements(s.output) for s in op.outputs if s.rule is not None))
+
+
+def _scores(op: AttentionScores, r: _Reader) -> Iterator[Union[GemmOp, VectorOp]]:
+    q = r.program.tensor(op.q)
+    windows = q.rows // op.tokens
+    yield GemmOp(op.name, _kind(op.operand.format), op.tokens, op.tokens, q.cols // op.heads, windows * op.heads,
+                 r.bits(op.q), r.bits(op.k), op.operand.format, False, r.stored_bits(op.output))
+    if op.bias is not None or op.mask is not None:
+        yield VectorOp(op.bias_name, "add", r.elements(op.output))
+
+
+def _mix(op: AttentionMix, r: _Reader) -> Iterator[GemmOp]:
+    v = r.program.tensor(op.v)
+    yield GemmOp(op.name, _kind(op.operand.format), op.tokens, v.cols // op.heads, op.tokens,
+                 (v.rows // op.tokens) * op.heads, r.bits(op.probs), r.bits(op.v), op.operand.format, False,
+                 r.stored_bits(op.output))
+
+
+def _vector(kind: str, source: Callable[[Op], str]) -> Callable[[Op, _Reader], Iterator[VectorOp]]:
+    def price(op: Op, r: _Reader) -> Iterator[VectorOp]:
+        yield VectorOp(op.name, kind, r.elements(source(op)))
+    return price
+
+
+_PRICED: dict[type, Callable[[Op, _Reader], Iterator[Union[GemmOp, VectorOp]]]] = {
+    Linear: _linear, AttentionScores: _scores, AttentionMix: _mix,
+    LayerNorm: _vector("layernorm", lambda op: op.input), Softmax: _vector("softmax", lambda op: op.input),
+    Gelu: _vector("gelu", lambda op: op.input), Requantize: _vector("requant", lambda op: op.input),
+    QuantizeTokens: _vector("requant", lambda op: op.input), ResidualAdd: _vector("add", lambda op: op.output),
+    MeanPool: _vector("add", lambda op: op.input)}
 
 
 def workload(program: IntegerProgram, outliers_per_image: dict[str, float] | None = None) -> Workload:
-    """The per-image GEMMs and vector ops of `program`."""
-    outliers = outliers_per_image or {}
-    p = program
-    t, d = p.tokens, p.cls_code.size
-    gemms = [GemmOp("patch_embed", "dense", t - 1, d, p.embed.weight.shape[1], 1, _code_bits(p.image_qmax),
-                    _weight_bits(p.embed), p.embed.operand.format, True, RESIDUAL_BITS)]
-    vector = [VectorOp("embed_to_res", "requant", (t - 1) * d)]
-    for i, b in enumerate(p.blocks):
-        n = f"blocks.{i}."
-        hd = d // b.heads
-        hidden = b.fc1.weight.shape[0]
-        q_bits, v_bits, pin_bits = (_code_bits(r.hi) for r in (b.to_q, b.to_v, b.to_proj_in))
-        gemms += [
-            GemmOp(n + "attn.qkv", _kind(b.qkv.operand), t, 3 * d, d, 1, _code_bits(b.norm1.out.qmax),
-                   _weight_bits(b.qkv), b.qkv.operand.format, True, q_bits, outliers.get(n + "qkv_in", 0.0)),
-            GemmOp(n + "attn.qk", "dense", t, t, hd, b.heads, q_bits, _code_bits(b.to_k.hi), "uniform", False,
-                   ACC_BITS),
-            GemmOp(n + "attn.pv", _kind(b.pv.operand), t, hd, t, b.heads, _probs_bits(b.softmax.out), v_bits,
-                   b.pv.operand.format, False, pin_bits),
-            GemmOp(n + "attn.proj", _kind(b.proj.operand), t, d, d, 1, pin_bits, _weight_bits(b.proj),
-                   b.proj.operand.format, True, RESIDUAL_BITS),
-            GemmOp(n + "mlp.fc1", _kind(b.fc1.operand), t, hidden, d, 1, _code_bits(b.norm2.out.qmax),
-                   _weight_bits(b.fc1), b.fc1.operand.format, True, ACC_BITS, outliers.get(n + "fc1_in", 0.0)),
-            GemmOp(n + "mlp.fc2", _kind(b.fc2.operand), t, d, hidden, 1, _code_bits(int(b.gelu.codes.max())),
-                   _weight_bits(b.fc2), b.fc2.operand.format, True, RESIDUAL_BITS),
-        ]
-        vector += [VectorOp(n + "norm1", "layernorm", t * d), VectorOp(n + "attn.to_qkv", "requant", 3 * t * d),
-                   VectorOp(n + "attn.softmax", "softmax", b.heads * t * t),
-                   VectorOp(n + "attn.to_proj_in", "requant", t * d), VectorOp(n + "residual1", "add", t * d),
-                   VectorOp(n + "norm2", "layernorm", t * d), VectorOp(n + "mlp.gelu", "gelu", t * hidden),
-                   VectorOp(n + "residual2", "add", t * d)]
-    classes = p.head.weight.shape[0]
-    gemms.append(GemmOp("head", _kind(p.head.operand), 1, classes, d, 1, _code_bits(p.norm.out.qmax),
-                        _weight_bits(p.head), p.head.operand.format, True, ACC_BITS))
-    vector.append(VectorOp("norm", "layernorm", d))
+    """The per-image GEMMs and vector ops of `program`, in execution order."""
+    reader = _Reader(program, outliers_per_image or {})
+    gemms: list[GemmOp] = []
+    vector: list[VectorOp] = []
+    for op in program.ops:
+        for item in _PRICED.get(type(op), lambda *_: iter(()))(op, reader):
+            (gemms if isinstance(item, GemmOp) else vector).append(item)
     return Workload(gemms, vector)

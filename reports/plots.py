@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from adfq_sim import formats
 from hw_models.cost import COMPONENTS
 from reports import summary
 
@@ -44,7 +45,6 @@ GRID_COLOUR = "#7f7f7f"  # the uniform min/max comparison grid
 MATCH_COLOUR, MISMATCH_COLOUR, ABSENT_COLOUR = "#d9f0d3", "#d7301f", "#f0f0f0"
 SMALL = 8  # the smallest font any figure uses (points), still readable in print
 SVG_HASH_SALT = "adfq-sim"
-LOG2_BASES = {"sqrt2": 0.5, "2": 1.0}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -68,33 +68,6 @@ def _bits_order(results: dict) -> list[str]:
 def _centred_text(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10,
             bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": GRID_COLOUR})
-
-
-def quantizer_levels(form: dict) -> np.ndarray:
-    """The values an integer form can represent, [rows, levels] sorted per row.
-
-    One row per token (PPOQ) or channel (per-channel uniform), else one row; one level per code, except
-    twin-uniform, whose two ranges both hold 0 and so give the union of their levels. The dense path only:
-    PPOQ's sparse outlier codes are not levels of the dense grid.
-    """
-    fmt = form.get("format")
-    codes = np.arange(form["code_min"], form["code_max"] + 1, dtype=np.float64)
-    if fmt in ("uniform", "ppoq"):
-        scale = np.atleast_1d(np.asarray(form["scale"], dtype=np.float64))[:, None]
-        zero_point = np.atleast_1d(np.asarray(form["zero_point"], dtype=np.float64))[:, None]
-        levels = (codes[None, :] - zero_point) * scale
-    elif fmt == "log":
-        if form["base"] not in LOG2_BASES:
-            raise ValueError(f"unknown log base {form['base']!r}")
-        zero_code, exponent = form["zero_code"], LOG2_BASES[form["base"]]
-        powers = np.exp2(-np.minimum(codes, zero_code) * exponent)
-        levels = np.where(codes >= zero_code, form["shift"], form["shift"] + form["delta"] * powers)[None, :]
-    elif fmt == "twin_uniform":
-        levels = np.unique(np.concatenate([(np.arange(r["code_min"], r["code_max"] + 1) - r["zero_point"]) * r["step"]
-                                           for r in form["ranges"]]))[None, :]
-    else:
-        raise ValueError(f"unknown quantizer format {fmt!r}")
-    return np.sort(levels, axis=1)
 
 
 def _cost_value(cost: dict, quantity: str) -> float:
@@ -255,7 +228,7 @@ def _layernorm_panel(ax, levels_ax, hist: dict, form: dict | None, bits: int, na
     rows = [(f"uniform min/max\n{2 ** bits} levels", _uniform_grid(hist, bits), GRID_COLOUR)]
     span = [min(hist["min"], 0.0), max(hist["max"], 0.0)]
     if form is not None:
-        levels, steps = quantizer_levels(form), _steps(form)
+        levels, steps = formats.levels(form), _steps(form)
         if levels.shape[0] > 1:
             fine, coarse, unit = int(steps.argmin()), int(steps.argmax()), _row_unit(form)
             rows += [(f"{name}\nfinest {unit} ({fine})", levels[fine], colour),
@@ -322,7 +295,7 @@ def _gelu_panel(ax, levels_ax, hist: dict, form: dict | None, bits: int, name: s
     rows = [(f"uniform min/max\n{2 ** bits} levels", _uniform_grid(hist, bits) - shift, GRID_COLOUR)]
     if form is not None:
         kind = "SLQ log" if slq else form["format"].replace("_", "-")
-        rows.append((f"{name}\n{kind} levels", quantizer_levels(form)[0] - shift, colour))
+        rows.append((f"{name}\n{kind} levels", formats.levels(form)[0] - shift, colour))
     # Linear up to the smallest non-zero level (at most three decades below the top), log above.
     magnitudes = np.abs(np.concatenate([levels for _, levels, _ in rows]))
     top = max(float(magnitudes.max()), hist["max"] - shift)

@@ -13,7 +13,7 @@ from typing import Callable
 import yaml
 from matplotlib.figure import Figure
 
-from adfq_sim.intsim.program import RESIDUAL_BITS
+from adfq_sim.formats import RESIDUAL_BITS
 from reports import plots, summary
 from reports.document import Block, Bullets, Code, Heading, Image, Paragraph, Table
 

@@ -15,7 +15,8 @@ from adfq_sim.quant.adaround import AdaRoundWeight
 from adfq_sim.quant.quantizers import GELU_MINIMUM
 from adfq_sim.quant.asmo import AsmoSettings, _capture, _inputs, asmo_units, optimize_unit
 from adfq_sim.quant.model import QuantModel
-from adfq_sim.quant.ppoq import OUTLIER_CODE_MAX, PerPatchOutlierQuantizer
+from adfq_sim.formats import OUTLIER_MAX
+from adfq_sim.quant.ppoq import PerPatchOutlierQuantizer
 from adfq_sim.quant.quantizers import LogQuantizer, UniformQuantizer
 from adfq_sim.quant.recipes import build_recipe, spec
 from conftest import calibrated
@@ -60,7 +61,7 @@ def test_ppoq_outlier_paths() -> None:
     # The dense codes hold the zero-point at outlier positions (the value 0).
     codes = int16.quantize(x)
     assert torch.equal(codes[mask], int16.zero_point.expand_as(x)[mask])
-    assert int(int16.outlier_codes(x)[mask].abs().max()) <= OUTLIER_CODE_MAX
+    assert int(int16.outlier_codes(x)[mask].abs().max()) <= OUTLIER_MAX
     # Eval counters: every outlier of this tensor counted once.
     int16.reset_counters()
     int16(x)

@@ -15,7 +15,7 @@ from adfq_sim.intsim import kernels, nonlinear, nonlinear_reference, reference
 from adfq_sim.intsim.bounds import (INT32_MAX, AccBound, AccumulatorOverflowError, check_int32, dense_bound,
                                     log_shift_bound)
 from adfq_sim.intsim.dyadic import requantize
-from adfq_sim.quant.ppoq import OUTLIER_CODE_MAX, OUTLIER_CODE_MIN
+from adfq_sim.formats import LOG_BASES, OUTLIER_MAX, OUTLIER_MIN
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -199,7 +199,7 @@ def random_outliers(rng: np.random.Generator, m: int, k: int, count: int):
     """Distinct positions, as PPOQ produces them."""
     positions = rng.choice(m * k, size=min(count, m * k), replace=False)
     rows, cols = (positions // k).astype(np.int32), (positions % k).astype(np.int32)
-    codes = worstish(rng, OUTLIER_CODE_MIN, OUTLIER_CODE_MAX, rows.shape, np.int16)
+    codes = worstish(rng, OUTLIER_MIN, OUTLIER_MAX, rows.shape, np.int16)
     return rows, cols, codes
 
 
@@ -226,7 +226,7 @@ def test_outlier_path_equals_reference(shape, a_bits, w_bits, w_signed, outliers
 
 
 @SETTINGS
-@given(shape=shapes, bits=st.integers(2, 8), base=st.sampled_from(reference.LOG_BASES), e=st.integers(0, 12),
+@given(shape=shapes, bits=st.integers(2, 8), base=st.sampled_from(sorted(LOG_BASES)), e=st.integers(0, 12),
        b_bits=st.integers(2, 8), b_signed=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_log_shift_kernel_equals_reference(shape, bits, base, e, b_bits, b_signed, with_bias, seed) -> None:
     groups, m, n, k, shared = shape
@@ -276,7 +276,7 @@ def test_log_shift_bound_is_attained_by_the_extreme_codes() -> None:
     rng = np.random.default_rng(1)
     b = rng.integers(-128, 128, (5, 40)).astype(np.int8)
     bound = log_shift_bound(b, None, 9)
-    for base in reference.LOG_BASES:
+    for base in LOG_BASES:
         for sign, target in ((1, bound.hi), (-1, bound.lo)):
             p = np.where(sign * b.astype(np.int64) > 0, 0, 255).astype(np.uint8)  # code 0 or zero
             acc = kernels.log_shift_gemm(p, b, 9, base, 255)

@@ -55,8 +55,8 @@ def test_formats_cover_every_method():
 def test_three_executions_agree_at_every_tensor(demo, method, bits, tmp_path):
     model, batches, images = demo
     program = export(quantize_model(model, build_recipe(method, QUANT), bits, bits, batches), batches)
-    blk = program.blocks[0]
-    assert (blk.qkv.operand.format, blk.pv.operand.format, blk.fc2.operand.format) == FORMATS[method]
+    formats = program.tensor_formats()
+    assert (formats["blocks.0.qkv_in"], formats["blocks.0.probs"], formats["blocks.0.fc2_in"]) == FORMATS[method]
 
     ref_logits, ref_codes = run_reference(program, images)
     sim_logits, sim_codes = run_simulator(program, images)
@@ -66,9 +66,9 @@ def test_three_executions_agree_at_every_tensor(demo, method, bits, tmp_path):
     np.testing.assert_array_equal(sim_logits, ref_logits)
     assert set(ref_codes) == set(program.tensor_formats())
 
-    outliers = [name for name in ref_codes if name.endswith("_outliers")]
+    outliers = list(program.outlier_tensors())
     if method == "adfq":  # the sparse path is exercised: outliers in every block, both LayerNorms
-        assert len(outliers) == 2 * len(program.blocks)
+        assert len(outliers) == 2 * 4
         assert all(np.count_nonzero(ref_codes[name]) > 0 for name in outliers)
     else:
         assert not outliers
@@ -120,4 +120,4 @@ def test_random_init_vit_of_other_shape_agrees_at_every_tensor(method):
     reports = verify(sim_codes, ref_codes) + verify(sim_codes, faithful_codes)
     assert total_mismatches(reports) == 0, [r for r in reports if r.mismatches]
     if method == "adfq":
-        assert sum(np.count_nonzero(c) for n, c in ref_codes.items() if n.endswith("_outliers")) > 1000
+        assert sum(np.count_nonzero(ref_codes[n]) for n in program.outlier_tensors()) > 1000

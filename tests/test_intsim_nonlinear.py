@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from adfq_sim.intsim import nonlinear as nk
 from adfq_sim.intsim import nonlinear_reference as nr
-from adfq_sim.quant.quantizers import GELU_MINIMUM, LOG_BASES, LogQuantizer
+from adfq_sim.formats import log2_of_base
+from adfq_sim.quant.quantizers import GELU_MINIMUM, LogQuantizer
 from adfq_sim.quant.twin_uniform import TwinUniformQuantizer
 
 INT63 = (1 << 63) - 1
@@ -76,10 +77,10 @@ def layernorm_case(rng: np.random.Generator, rows: int, channels: int, tokens: i
     out_scale = (hi - lo) / ((1 << bits) - 1)
     zp = np.floor(-lo / out_scale + 0.5).astype(np.int64)
     outlier_step = None if alpha is None else out_scale / 8  # PPOQ's step / 2**outlier_shift, shift 3
-    consts = nr.layernorm_constants(channels, scale, gamma, beta, eps, input_bits, out_scale, zp, bits, alpha,
-                                    outlier_step)
+    norm = nr.layernorm_constants(channels, scale, gamma, beta, eps, input_bits)
+    codes = nr.token_codes_constants(norm.acc_frac, out_scale, zp, bits, alpha, outlier_step)
     expected = uniform_float_codes(y, out_scale[token][:, None], zp[token][:, None], bits)
-    return x, y, consts, expected
+    return x, y, (norm, codes), expected
 
 
 @settings(max_examples=60, deadline=None)
@@ -88,17 +89,20 @@ def layernorm_case(rng: np.random.Generator, rows: int, channels: int, tokens: i
        alpha=st.sampled_from([None, 0.5, 3.0]), extreme=st.booleans())
 def test_layernorm_numba_equals_reference(seed, rows, channels, tokens, bits, input_bits, alpha, extreme) -> None:
     rng = np.random.default_rng(seed)
-    x, _, consts, _ = layernorm_case(rng, rows, channels, tokens, bits, input_bits, alpha)
+    x, _, (norm, out), _ = layernorm_case(rng, rows, channels, tokens, bits, input_bits, alpha)
     if extreme:  # the exported input range at full swing, and constant rows (zero variance)
-        top = consts.input_max
+        top = norm.input_max
         x = rng.choice(np.array([-top, top, 0, top - 1], np.int64), size=x.shape).astype(np.int32)
         x[:: 3] = x[:: 3, :1]
-    np.testing.assert_array_equal(nk.layernorm_acc(x, consts), nr.layernorm_acc(x, consts))
-    (codes, outliers), (ref_codes, ref_outliers) = nk.layernorm(x, consts), nr.layernorm(x, consts)
-    np.testing.assert_array_equal(codes, ref_codes)
-    assert (outliers is None) == (ref_outliers is None) == (alpha is None)
-    if alpha is not None:
-        np.testing.assert_array_equal(outliers, ref_outliers)
+    acc = nk.layernorm_acc(x, norm)
+    np.testing.assert_array_equal(acc, nr.layernorm_acc(x, norm))
+    # fused (LayerNorm straight to codes) and split (acc, then QuantizeTokens' kernel) against the reference
+    ref_codes, ref_outliers = nr.layernorm(x, norm, out)
+    for codes, outliers in (nk.layernorm(x, norm, out), nk.token_codes(acc, out), nr.token_codes(acc, out)):
+        np.testing.assert_array_equal(codes, ref_codes)
+        assert (outliers is None) == (ref_outliers is None) == (alpha is None)
+        if alpha is not None:
+            np.testing.assert_array_equal(outliers, ref_outliers)
 
 
 def test_layernorm_widest_inputs_do_not_overflow() -> None:
@@ -110,16 +114,16 @@ def test_layernorm_widest_inputs_do_not_overflow() -> None:
     x[1, :] = -top
     x[1, 7] = top  # a single huge deviation: |y| near its bound sqrt(C - 1)
     gamma, beta = rng.normal(1, 0.3, channels), rng.normal(0, 0.2, channels)
-    consts = nr.layernorm_constants(channels, 1e-3, gamma, beta, 1e-6, 22, 0.05, 128, 8)
+    consts = nr.layernorm_constants(channels, 1e-3, gamma, beta, 1e-6, 22)
     acc = nk.layernorm_acc(x, consts)
     np.testing.assert_array_equal(acc, nr.layernorm_acc(x, consts))
     y = torch.nn.functional.layer_norm(torch.from_numpy(x * 1e-3), (channels,), torch.from_numpy(gamma),
                                        torch.from_numpy(beta), 1e-6).numpy()
     assert np.abs(acc / 2.0 ** consts.acc_frac - y).max() < 1e-2
     with pytest.raises(ValueError, match="overflows"):
-        nr.layernorm_constants(channels, 1e-3, gamma, beta, 1e-6, 23, 0.05, 128, 8)
+        nr.layernorm_constants(channels, 1e-3, gamma, beta, 1e-6, 23)
     with pytest.raises(ValueError, match="outside the exported range"):
-        nk.layernorm(x.clip(-top + 1, top - 1) * 2, consts)
+        nk.layernorm(x.clip(-top + 1, top - 1) * 2, consts, nr.token_codes_constants(consts.acc_frac, 0.05, 128, 8))
 
 
 @pytest.mark.parametrize("bits, tokens", [(8, 197), (6, 197), (4, 1), (2, 197)])
@@ -128,9 +132,9 @@ def test_layernorm_accuracy(bits: int, tokens: int) -> None:
     24 gamma bits in an int64 product). The bar allows ties at the rounding edge: 1 code, 2e-5 of them.
     (With the int32 product of an earlier version, 0.13 % of the 8-bit codes were one off.)"""
     rng = np.random.default_rng(1)
-    x, _, consts, expected = layernorm_case(rng, 2 * 197, 768, tokens, bits, 16)
-    np.testing.assert_array_equal(nk.layernorm_acc(x, consts), nr.layernorm_acc(x, consts))  # large-case check
-    diff = np.abs(nk.layernorm(x, consts)[0] - expected)
+    x, _, (norm, out), expected = layernorm_case(rng, 2 * 197, 768, tokens, bits, 16)
+    np.testing.assert_array_equal(nk.layernorm_acc(x, norm), nr.layernorm_acc(x, norm))  # large-case check
+    diff = np.abs(nk.layernorm(x, norm, out)[0] - expected)
     assert diff.max() <= 1
     assert (diff > 0).mean() <= 2e-5
 
@@ -138,8 +142,8 @@ def test_layernorm_accuracy(bits: int, tokens: int) -> None:
 def test_layernorm_outliers_take_the_zero_point() -> None:
     """alpha's integer form splits the float LN outputs at alpha (up to the integer error at the edge)."""
     rng = np.random.default_rng(2)
-    x, y, consts, expected = layernorm_case(rng, 60, 96, 3, 8, 16, alpha=2.5)
-    (codes, outliers), acc = nk.layernorm(x, consts), nk.layernorm_acc(x, consts)
+    x, y, (norm, consts), expected = layernorm_case(rng, 60, 96, 3, 8, 16, alpha=2.5)
+    (codes, outliers), acc = nk.layernorm(x, norm, consts), nk.layernorm_acc(x, norm)
     outlier = np.abs(acc) > consts.outlier_threshold
     clear = np.abs(np.abs(y) - 2.5) > 1e-2
     assert outlier.any() and (~outlier).any()
@@ -148,7 +152,7 @@ def test_layernorm_outliers_take_the_zero_point() -> None:
     assert np.abs(codes[~outlier] - expected[~outlier]).max() <= 1
     # int16 outlier codes where the value is an outlier (0 elsewhere), on the step the constants encode
     token = np.nonzero(outlier)[0] % 3
-    acc_frac = consts.acc_frac
+    acc_frac = norm.acc_frac
     step = 2.0**-acc_frac / (consts.outlier_m[token] / 2.0 ** consts.outlier_s[token])
     assert not outliers[~outlier].any()
     error = np.abs(outliers[outlier] - y[outlier] / step)
@@ -180,7 +184,7 @@ def softmax_output(kind: str, bits: int, scale: float) -> nr.UniformOutput | nr.
     if kind == "twin":
         q = twin_softmax_quantizer(bits, scale, 4)
         return nr.step_output(lambda v: q.quantize(torch.from_numpy(v)).numpy(), nr.EXP_ONE_BITS, 1 << 30)
-    return nr.log_output(scale, LOG_BASES[kind], bits, nr.EXP_ONE_BITS)
+    return nr.log_output(scale, log2_of_base(kind), bits, nr.EXP_ONE_BITS)
 
 
 @settings(max_examples=60, deadline=None)
@@ -228,7 +232,7 @@ def test_log_thresholds_are_log_quantizer(seed: int, base: str, bits: int, delta
     except within float32 rounding of a threshold."""
     rng = np.random.default_rng(seed)
     delta = float(np.float32(delta))
-    out = nr.log_output(delta, LOG_BASES[base], bits, 30)
+    out = nr.log_output(delta, log2_of_base(base), bits, 30)
     p = np.concatenate([rng.integers(0, 1 << 30, 2000), out.thresholds + rng.integers(-1, 2, out.thresholds.size),
                         [0, 1 << 30, out.zero_below - 1, out.zero_below]])
     p = p[p >= 0]

@@ -8,6 +8,7 @@ agreement >= 99 % and top-1 within 0.5 points (two images of 450).
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from adfq_sim.intsim.bounds import INT32_MAX
 from adfq_sim.intsim.execute_reference import run_reference
 from adfq_sim.intsim.nonlinear_reference import SOFTMAX_INPUT_MAX
 from adfq_sim.intsim.export import export
-from adfq_sim.intsim.program import UnsupportedProgramError, describe, load_program, save_program
+from adfq_sim.intsim.ops import AttentionMix, AttentionScores, Linear
+from adfq_sim.intsim.program import FILE_FORMAT, UnsupportedProgramError, describe, load_program, save_program
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.recipes import build_recipe, spec, uniform_everywhere
@@ -40,9 +42,12 @@ def test_minmax_w8a8_integer_inference_matches_fake_quant(demo):
     qmodel = quantize_model(model, build_recipe("minmax", QuantConfig()), 8, 8, batches)
     program = export(qmodel, batches)
 
-    gemms = [program.embed, program.head] + [g for b in program.blocks for g in (b.qkv, b.proj, b.fc1, b.fc2)]
-    assert all(0 < g.acc_max <= INT32_MAX for g in gemms)
-    assert all(b.qk.acc_max <= SOFTMAX_INPUT_MAX and b.pv.acc_max <= INT32_MAX for b in program.blocks)
+    linears = [op for op in program.ops if isinstance(op, Linear)]
+    assert [op.name for op in linears] == ["patch_embed"] + [f"blocks.{i}.{layer}" for i in range(4) for layer in (
+        "attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")] + ["head"]
+    assert all(0 < op.gemm.acc_max <= INT32_MAX for op in linears)
+    assert all(0 < op.acc_max <= SOFTMAX_INPUT_MAX for op in program.ops if isinstance(op, AttentionScores))
+    assert all(0 < op.acc_max <= INT32_MAX for op in program.ops if isinstance(op, AttentionMix))
 
     logits, codes = run_reference(program, images)
     with torch.no_grad():
@@ -66,7 +71,7 @@ def test_export_refuses_formats_where_no_op_produces_them(demo):
     model, batches, _, _ = demo
     recipe = uniform_everywhere("log-q", spec("uniform", observer="minmax"), q=spec("log"))
     qmodel = quantize_model(model, recipe, 8, 8, batches)
-    with pytest.raises(UnsupportedProgramError, match=r"blocks\.0\.attn\.q_q: .* takes uniform-tensor here, got log"):
+    with pytest.raises(UnsupportedProgramError, match=r"blocks\.0\.attn\.q_q: .* takes uniform-tensor here, got logsqrt2"):
         export(qmodel, batches)
 
 
@@ -77,12 +82,17 @@ def test_program_file_round_trip_and_listing(demo, tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["p.npz"]  # written atomically, no partial file left
     loaded = load_program(path)
     np.testing.assert_array_equal(run_reference(loaded, images[:8])[0], run_reference(program, images[:8])[0])
-    listing = describe(loaded)
-    assert listing.startswith(f"IntegerProgram: {len(program.blocks)} blocks, {program.tokens} tokens")
-    for i in range(len(program.blocks)):
-        assert f"blocks.{i}.attn.qkv" in listing and f"blocks.{i}.mlp.gelu" in listing
-    assert "uniform codes - zp" in listing and "|acc| <=" in listing
+    listing = describe(loaded).splitlines()
+    assert listing[0].startswith(f"IntegerProgram (vit): {len(program.ops)} ops, {len(program.tensors)} tensors")
+    assert [line.split()[0] for line in listing[1:-1]] == [op.name for op in program.ops]  # one line per op
+    for i in range(4):
+        assert any(line.startswith(f"blocks.{i}.mlp.gelu ") and "step table" in line for line in listing)
+    assert any("uniform codes - zp" in line and "|acc| <=" in line for line in listing)
 
     (tmp_path / "bad.npz").write_bytes(b"not a program")
     with pytest.raises(ValueError, match="bad.npz: not an integer program file"):
         load_program(tmp_path / "bad.npz")
+    old = tmp_path / "old.npz"  # a file of version 1 (a fixed ViT block structure): refused in one line
+    np.savez(old, __structure__=np.array(json.dumps({"format": FILE_FORMAT, "version": 1, "program": {}})))
+    with pytest.raises(ValueError, match=r"old.npz: an integer program file of version 1; .* reads version 2"):
+        load_program(old)

@@ -14,6 +14,7 @@ import torch
 from matplotlib.text import Text
 from torch.nn import functional as F
 
+from adfq_sim import formats
 from adfq_sim.distributions import _jsonable
 from adfq_sim.quant.observers import MinMaxObserver
 from adfq_sim.quant.ppoq import PerPatchOutlierQuantizer
@@ -74,7 +75,7 @@ def _all_codes(quantizer, form: dict) -> torch.Tensor:
 def test_quantizer_levels_are_the_quantizers_dequantized_codes(make, rows: int) -> None:
     quantizer = make()
     form = _jsonable(quantizer.integer_form())
-    levels = plots.quantizer_levels(form)
+    levels = formats.levels(form)
     expected = _all_codes(quantizer, form).double().numpy()
     assert levels.shape[0] == rows == expected.shape[0]
     for got, want in zip(levels, expected):
@@ -88,7 +89,7 @@ def test_quantizer_levels_are_the_quantizers_dequantized_codes(make, rows: int) 
 
 def test_quantizer_levels_rejects_an_unknown_format() -> None:
     with pytest.raises(ValueError, match="unknown quantizer format"):
-        plots.quantizer_levels({"format": "fp8", "code_min": 0, "code_max": 3})
+        formats.levels({"format": "fp8", "code_min": 0, "code_max": 3})
 
 
 # A synthetic results.json: 2 methods x 2 bit-widths on one accelerator, 2 transformer blocks.

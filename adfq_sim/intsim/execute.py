@@ -1,6 +1,6 @@
 """The fast integer simulator: an IntegerProgram run with the Numba kernels.
 
-`run_simulator` runs the reference executor's own op sequence (`execute_reference.run_program`) with
+`run_simulator` runs the reference executor's own op handlers (`execute_reference.run_program`) with
 an ops table of compiled kernels, so the two differ only in kernels that are tested equal one by one
 (`kernels` vs `reference`, `nonlinear` vs `nonlinear_reference`, and the requantizations here use
 `dyadic.requantize_offset_one`, the reference rule compiled). The int32 accumulators of the GEMM kernels are
@@ -22,8 +22,10 @@ from numba import prange
 
 from adfq_sim.intsim import kernels, nonlinear
 from adfq_sim.intsim.dyadic import requantize_offset_one
-from adfq_sim.intsim.execute_reference import Ops, run_program
-from adfq_sim.intsim.program import RESIDUAL_MAX, Gemm, IntegerProgram, Requant
+from adfq_sim.formats import RESIDUAL_MAX
+from adfq_sim.intsim.execute_reference import Ops, gather_rows, run_program
+from adfq_sim.intsim.ops import Gemm, Requant
+from adfq_sim.intsim.program import IntegerProgram
 
 CHUNK = 64  # images per pass: the kernels' per-call overhead amortises, memory stays small
 _weights: WeakKeyDictionary[Gemm, np.ndarray] = WeakKeyDictionary()  # narrowed once per exported layer
@@ -137,10 +139,10 @@ def _dense_requant(a: np.ndarray, w: np.ndarray, bias: np.ndarray, r: Requant) -
 
 
 SIMULATOR_OPS = Ops(operand=_operand, weight=_weight, plain_input=_plain_input, dense=kernels.dense_gemm,
-                    dense_requant=_dense_requant,
-                    log_shift=kernels.log_shift_gemm,
-                    outliers=_outliers, requant=_requant, add=_add, layernorm=nonlinear.layernorm,
-                    softmax=nonlinear.softmax, gelu=nonlinear.gelu)
+                    dense_requant=_dense_requant, log_shift=kernels.log_shift_gemm, outliers=_outliers,
+                    requant=_requant, add=_add, layernorm=nonlinear.layernorm, layernorm_acc=nonlinear.layernorm_acc,
+                    token_codes=nonlinear.token_codes, softmax=nonlinear.softmax, gelu=nonlinear.gelu,
+                    gather=gather_rows)
 
 
 def run_simulator(program: IntegerProgram, images: np.ndarray | torch.Tensor

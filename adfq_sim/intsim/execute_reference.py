@@ -6,9 +6,10 @@ the fake-quant input quantizer, so its codes agree) and scaling the head accumul
 Images run in chunks of CHUNK because GELU's reference step function compares every accumulator with
 every threshold at once.
 
-The op sequence (`run_program`) takes its arithmetic from an `Ops` table, so that the fast simulator
-(`execute`) runs this very sequence with its Numba kernels instead of restating it: the two executors
-can differ only in their kernels, which have their own equality tests.
+The op handlers (`run_program` walks the program's ops and calls one per op) take their arithmetic from
+an `Ops` table, so that the fast simulator (`execute`) runs these very handlers with its Numba kernels
+instead of restating them: the two executors can differ only in their kernels, which have their own
+equality tests.
 """
 
 from __future__ import annotations
@@ -19,18 +20,23 @@ from typing import Callable
 import numpy as np
 import torch
 
+from adfq_sim.formats import RESIDUAL_MAX, LogOperand, Operand, OutlierOperand, TwinOperand, UniformOperand
 from adfq_sim.intsim import nonlinear_reference
 from adfq_sim.intsim.dyadic import requantize
-from adfq_sim.intsim.program import (RESIDUAL_MAX, Block, Gemm, IntegerProgram, LogOperand, Operand, Requant,
-                                     TwinOperand, UniformOperand)
+from adfq_sim.intsim.nonlinear_reference import SOFTMAX_INPUT_MAX
+from adfq_sim.intsim.ops import (AddPositions, AttentionMix, AttentionScores, Gather, Gelu, Gemm, ImageInput,
+                                 LayerNorm, Linear, MeanPool, Op, Patchify, QuantizeTokens, Requant, Requantize,
+                                 ResidualAdd, Softmax, op_inputs, op_outputs)
+from adfq_sim.intsim.program import IntegerProgram
 from adfq_sim.intsim.reference import dense_gemm, log_shift_gemm, outlier_gemm, saturate, twin_levels
 
 CHUNK = 8
+Tensors = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
 class Ops:
-    """The integer arithmetic an executor plugs into the shared op sequence.
+    """The integer arithmetic an executor plugs into the shared op handlers.
 
     operand(codes, zp): GEMM operand codes - zp (zp an int or a per-row column), in the storage dtype.
     weight(gemm): the layer's weight operand W [N, K] in the executor's storage.
@@ -43,7 +49,8 @@ class Ops:
     outliers(rows, cols, codes, w, m): the sparse outlier products alone, int64 [m, N].
     requant(acc, r): the dyadic rule of `r` to codes.
     add(a, ra, b, rb): residual add, both operands requantized, the sum clamped to the residual range.
-    layernorm, softmax, gelu: the integer non-linear ops on int32 inputs.
+    layernorm(x, c, t), layernorm_acc(x, c), token_codes(acc, t), softmax, gelu: the integer non-linear ops.
+    gather(x, index): rows of x [L, C] (-1: zeros) concatenated per output row, for [B, L, C] inputs.
     """
 
     operand: Callable[[np.ndarray, "int | np.ndarray"], np.ndarray]
@@ -56,8 +63,11 @@ class Ops:
     requant: Callable[[np.ndarray, Requant], np.ndarray]
     add: Callable[[np.ndarray, Requant, np.ndarray, Requant], np.ndarray]
     layernorm: Callable
+    layernorm_acc: Callable
+    token_codes: Callable
     softmax: Callable
     gelu: Callable
+    gather: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _operand(codes: np.ndarray, zp: "int | np.ndarray") -> np.ndarray:
@@ -89,11 +99,21 @@ def _plain_input(codes: np.ndarray, g: Gemm) -> tuple[np.ndarray, np.ndarray]:
     return _operand(codes, int(g.operand.zero_point[0])), g.bias
 
 
+def gather_rows(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """x [B, L, C] -> [B, rows, k * C]: input rows index[t] side by side, a row of zeros for -1."""
+    padded = np.concatenate([x, np.zeros((x.shape[0], 1, x.shape[2]), x.dtype)], axis=1)
+    rows = np.where(index < 0, x.shape[1], index)
+    return padded[:, rows].reshape(x.shape[0], index.shape[0], -1)
+
+
 REFERENCE_OPS = Ops(operand=_operand, weight=lambda g: g.weight, plain_input=_plain_input, dense=dense_gemm,
-                    dense_requant=_dense_requant,
-                    log_shift=log_shift_gemm,
-                    outliers=outlier_gemm, requant=_apply, add=_add, layernorm=nonlinear_reference.layernorm,
-                    softmax=nonlinear_reference.softmax, gelu=nonlinear_reference.gelu)
+                    dense_requant=_dense_requant, log_shift=log_shift_gemm, outliers=outlier_gemm, requant=_apply,
+                    add=_add, layernorm=nonlinear_reference.layernorm,
+                    layernorm_acc=nonlinear_reference.layernorm_acc, token_codes=nonlinear_reference.token_codes,
+                    softmax=nonlinear_reference.softmax, gelu=nonlinear_reference.gelu, gather=gather_rows)
+
+
+# ------------------------------------------------------------------------------------ GEMM operands
 
 
 def _zero_point(zp: np.ndarray, rows: int) -> "int | np.ndarray":
@@ -101,21 +121,36 @@ def _zero_point(zp: np.ndarray, rows: int) -> "int | np.ndarray":
     return int(zp[0]) if zp.size == 1 else zp[np.arange(rows) % zp.size][:, None]
 
 
-def _product(codes: np.ndarray, operand: Operand, w: np.ndarray, ops: Ops,
-             outliers: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
-    """The accumulator of one GEMM by its operand format (`reference` fixes each sum); `bias` [N]
-    goes into a plain dense accumulator, the caller adds any other bias."""
-    if isinstance(operand, LogOperand):
-        return ops.log_shift(codes.astype(np.uint8), w, operand.frac_bits, operand.base, operand.zero_code)
-    if isinstance(operand, TwinOperand):
-        coarse, fine = twin_levels(codes, operand.mode, operand.half)
-        return (ops.dense(coarse, w).astype(np.int64) << operand.shift) + ops.dense(fine, w)
+def _uniform_product(codes, operand: UniformOperand, w, ops: Ops, outliers, bias):
+    return ops.dense(ops.operand(codes, _zero_point(operand.zero_point, codes.shape[-2])), w, bias)
+
+
+def _outlier_product(codes, operand: OutlierOperand, w, ops: Ops, outliers, bias):
     a = ops.operand(codes, _zero_point(operand.zero_point, codes.shape[-2]))
-    if operand.outlier_shift < 0:
-        return ops.dense(a, w, bias)
     rows, cols = np.nonzero(outliers)
     sparse = ops.outliers(rows, cols, outliers[rows, cols], w, len(a))
     return (ops.dense(a, w).astype(np.int64) << operand.outlier_shift) + sparse
+
+
+def _log_product(codes, operand: LogOperand, w, ops: Ops, outliers, bias):
+    return ops.log_shift(codes.astype(np.uint8), w, operand.frac_bits, operand.base, operand.zero_code)
+
+
+def _twin_product(codes, operand: TwinOperand, w, ops: Ops, outliers, bias):
+    coarse, fine = twin_levels(codes, operand.mode, operand.half)
+    return (ops.dense(coarse, w).astype(np.int64) << operand.shift) + ops.dense(fine, w)
+
+
+# One accumulation per operand form (`formats`): a new format adds its rule here.
+PRODUCTS: dict[type, Callable[..., np.ndarray]] = {UniformOperand: _uniform_product, OutlierOperand: _outlier_product,
+                                                   LogOperand: _log_product, TwinOperand: _twin_product}
+
+
+def _product(codes: np.ndarray, operand: Operand, w: np.ndarray, ops: Ops, outliers: np.ndarray | None = None,
+             bias: np.ndarray | None = None) -> np.ndarray:
+    """The accumulator of one GEMM by its operand's format; `bias` [N] goes into a plain dense
+    accumulator only (the caller adds any other bias)."""
+    return PRODUCTS[type(operand)](codes, operand, w, ops, outliers, bias)
 
 
 def _plain(g: Gemm) -> bool:
@@ -123,7 +158,7 @@ def _plain(g: Gemm) -> bool:
     return not g.saturated and g.bias.ndim == 1 and isinstance(g.operand, UniformOperand)
 
 
-def _linear(codes: np.ndarray, g: Gemm, ops: Ops, outliers: np.ndarray | None = None) -> np.ndarray:
+def _accumulate(codes: np.ndarray, g: Gemm, ops: Ops, outliers: np.ndarray | None) -> np.ndarray:
     """A weight layer's accumulator: the product plus its bias, saturated where the program says so."""
     if _plain(g):
         a, bias = ops.plain_input(codes, g)
@@ -134,85 +169,173 @@ def _linear(codes: np.ndarray, g: Gemm, ops: Ops, outliers: np.ndarray | None = 
     return saturate(acc) if g.saturated else acc
 
 
-def _linear_codes(codes: np.ndarray, g: Gemm, parts: list[tuple[slice, Requant]], ops: Ops,
-                  outliers: np.ndarray | None = None) -> list[np.ndarray]:
-    """The codes of column slices of a weight layer's output, each by its own rule (qkv -> q, k, v):
-    fused GEMM + requantization per slice where the sum is plain, else one accumulator, then the rules."""
-    if _plain(g) and not any(r.offset.any() for _, r in parts):  # the fused kernel has no offset
-        (a, bias), w = ops.plain_input(codes, g), ops.weight(g)
-        return [ops.dense_requant(a, w[cols], bias[cols], r) for cols, r in parts]
-    acc = _linear(codes, g, ops, outliers)
-    return [ops.requant(acc[:, cols], r) for cols, r in parts]
+# ------------------------------------------------------------------------------------------ handlers
 
 
-def _image_codes(images: np.ndarray, p: IntegerProgram) -> np.ndarray:
+def _image(op: ImageInput, t: Tensors, ops: Ops, b: int) -> None:
     """UniformQuantizer's rule in float32: round_half_up(clamp(x / scale + zp, 0, qmax))."""
-    x = images.astype(np.float32) / np.float32(p.image_scale) + np.float32(p.image_zero_point)
-    return np.floor(np.clip(x, 0, p.image_qmax) + np.float32(0.5)).astype(np.int64)
+    x = t.pop("image").astype(np.float32) / np.float32(op.scale) + np.float32(op.zero_point)
+    t[op.output] = np.floor(np.clip(x, 0, op.qmax) + np.float32(0.5)).astype(np.int64).reshape(b, -1)
 
 
-def _patches(codes: np.ndarray, patch: int) -> np.ndarray:
-    """[B, C, H, W] -> [B, T, C * patch * patch], tokens row-major, features in the conv weight's order."""
-    b, c, h, w = codes.shape
-    x = codes.reshape(b, c, h // patch, patch, w // patch, patch).transpose(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
+def patches(codes: np.ndarray, op: Patchify) -> np.ndarray:
+    """[B, C * H * W] -> [B * T, C * p * p], tokens row-major, features in the conv weight's order."""
+    p = op.patch
+    x = codes.reshape(-1, op.channels, op.height // p, p, op.width // p, p).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(-1, op.channels * p * p)
 
 
-def _block(r: np.ndarray, blk: Block, ops: Ops, trace: dict[str, np.ndarray], i: int) -> np.ndarray:
-    b, t, d = r.shape
-    heads, hd = blk.heads, d // blk.heads
-    rows = r.reshape(b * t, d)
-    x, x_outliers = ops.layernorm(rows.astype(np.int32, copy=False), blk.norm1)
-    q, k, v = _linear_codes(x, blk.qkv, [(slice(j * d, (j + 1) * d), rq) for j, rq in
-                                         enumerate((blk.to_q, blk.to_k, blk.to_v))], ops, x_outliers)
-
-    def split(a: np.ndarray) -> np.ndarray:  # [B*T, D] -> [B*H, T, hd]
-        return a.reshape(b, t, heads, hd).transpose(0, 2, 1, 3).reshape(b * heads, t, hd)
-
-    scores = _product(split(q), blk.qk.operand, split(ops.operand(k, blk.qk.b_zero_point)), ops)
-    probs = ops.softmax(scores.reshape(-1, t).astype(np.int32, copy=False), blk.softmax)
-    vt = split(ops.operand(v, blk.pv.b_zero_point)).transpose(0, 2, 1)
-    pv = _product(probs.reshape(b * heads, t, t), blk.pv.operand, vt, ops)
-    pv = saturate(pv) if blk.pv.saturated else pv
-    pin = ops.requant(pv.reshape(b, heads, t, hd).transpose(0, 2, 1, 3).reshape(b * t, d), blk.to_proj_in)
-    mid = ops.add(rows, blk.res_to_mid, _linear(pin, blk.proj, ops), blk.attn_to_res)
-    y, y_outliers = ops.layernorm(mid.astype(np.int32, copy=False), blk.norm2)
-    (fc1,) = _linear_codes(y, blk.fc1, [(slice(None), blk.to_gelu)], ops, y_outliers)
-    g = ops.gelu(fc1.astype(np.int32, copy=False), blk.gelu)
-    out = ops.add(mid, blk.mid_to_out, _linear(g, blk.fc2, ops), blk.mlp_to_res)
-    traced = [("qkv_in", x), ("qkv_in_outliers", x_outliers), ("q", q), ("k", k), ("v", v), ("probs", probs),
-              ("proj_in", pin), ("residual_mid", mid), ("fc1_in", y), ("fc1_in_outliers", y_outliers),
-              ("fc2_in", g), ("residual_out", out)]
-    for name, codes in traced:
-        if codes is not None:
-            trace[f"blocks.{i}.{name}"] = codes.reshape(b, -1)
-    return out.reshape(b, t, d)
+def _patchify(op: Patchify, t: Tensors, ops: Ops, b: int) -> None:
+    t[op.output] = patches(t[op.input], op)
 
 
-def _run_chunk(p: IntegerProgram, images: np.ndarray, ops: Ops) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _linear(op: Linear, t: Tensors, ops: Ops, b: int) -> None:
+    """Fused GEMM + requantization per slice where the sum is plain, else one accumulator, then the rules."""
+    g, codes = op.gemm, t[op.input]
+    if _plain(g) and all(s.rule is not None and not s.rule.offset.any() for s in op.outputs):
+        (a, bias), w = ops.plain_input(codes, g), ops.weight(g)  # the fused kernel has no offset
+        for s in op.outputs:
+            t[s.output] = ops.dense_requant(a, w[s.start:s.stop], bias[s.start:s.stop], s.rule)
+        return
+    acc = _accumulate(codes, g, ops, t.get(op.outliers) if op.outliers else None)
+    for s in op.outputs:
+        part = acc[:, s.start:s.stop]
+        t[s.output] = part if s.rule is None else ops.requant(part, s.rule)
+
+
+def split_heads(x: np.ndarray, heads: int, tokens: int) -> np.ndarray:
+    """[B * W * T, H * hd] -> [B * W * H, T, hd]: one group per window and head."""
+    return x.reshape(-1, tokens, heads, x.shape[1] // heads).transpose(0, 2, 1, 3).reshape(-1, tokens,
+                                                                                            x.shape[1] // heads)
+
+
+def merge_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """[B * W * H, T, hd] -> [B * W * T, H * hd]."""
+    groups, tokens, hd = x.shape
+    return x.reshape(groups // heads, heads, tokens, hd).transpose(0, 2, 1, 3).reshape(-1, heads * hd)
+
+
+def score_epilogue(scores: np.ndarray, op: AttentionScores) -> np.ndarray:
+    """[B * W * H, T, T] accumulators + the score bias, masked scores at -SOFTMAX_INPUT_MAX, as rows."""
+    t = op.tokens
+    if op.bias is not None:
+        scores = (scores.reshape(-1, op.heads, t, t) + op.bias).reshape(-1, t, t)
+    if op.mask is not None:
+        windows = op.mask.shape[0]
+        shaped = scores.reshape(-1, windows, op.heads, t, t)
+        scores = np.where(op.mask[None, :, None], -SOFTMAX_INPUT_MAX, shaped)
+    return scores.reshape(-1, t)
+
+
+def _scores(op: AttentionScores, t: Tensors, ops: Ops, b: int) -> None:
+    q = split_heads(t[op.q], op.heads, op.tokens)
+    k = split_heads(ops.operand(t[op.k], op.k_zero_point), op.heads, op.tokens)
+    t[op.output] = score_epilogue(_product(q, op.operand, k, ops), op).astype(np.int32, copy=False)
+
+
+def _softmax(op: Softmax, t: Tensors, ops: Ops, b: int) -> None:
+    t[op.output] = ops.softmax(t[op.input], op.constants)
+
+
+def _mix(op: AttentionMix, t: Tensors, ops: Ops, b: int) -> None:
+    v = split_heads(ops.operand(t[op.v], op.v_zero_point), op.heads, op.tokens).transpose(0, 2, 1)
+    probs = t[op.probs].reshape(-1, op.tokens, op.tokens)
+    acc = _product(probs, op.operand, v, ops)
+    t[op.output] = merge_heads(saturate(acc) if op.saturated else acc, op.heads)
+
+
+def _requantize(op: Requantize, t: Tensors, ops: Ops, b: int) -> None:
+    t[op.output] = ops.requant(t[op.input], op.rule)
+
+
+def _residual_add(op: ResidualAdd, t: Tensors, ops: Ops, b: int) -> None:
+    t[op.output] = ops.add(t[op.a], op.rule_a, t[op.b], op.rule_b)
+
+
+def _layernorm(op: LayerNorm, t: Tensors, ops: Ops, b: int) -> None:
+    x = t[op.input].astype(np.int32, copy=False)
+    if op.codes is None:
+        t[op.output] = ops.layernorm_acc(x, op.constants).astype(np.int32, copy=False)
+        return
+    t[op.output], outliers = ops.layernorm(x, op.constants, op.codes)
+    if op.outlier_output is not None:
+        t[op.outlier_output] = outliers
+
+
+def _quantize_tokens(op: QuantizeTokens, t: Tensors, ops: Ops, b: int) -> None:
+    t[op.output], outliers = ops.token_codes(t[op.input].astype(np.int32, copy=False), op.codes)
+    if op.outlier_output is not None:
+        t[op.outlier_output] = outliers
+
+
+def _gelu(op: Gelu, t: Tensors, ops: Ops, b: int) -> None:
+    t[op.output] = ops.gelu(t[op.input].astype(np.int32, copy=False), op.constants)
+
+
+def _gather(op: Gather, t: Tensors, ops: Ops, b: int) -> None:
+    x = t[op.input]
+    t[op.output] = ops.gather(x.reshape(b, -1, x.shape[1]), op.index).reshape(-1, op.index.shape[1] * x.shape[1])
+
+
+def _add_positions(op: AddPositions, t: Tensors, ops: Ops, b: int) -> None:
+    x = t[op.input]
+    x = np.clip(x.reshape(b, -1, x.shape[1]) + op.positions, -RESIDUAL_MAX, RESIDUAL_MAX)
+    prefix = np.broadcast_to(op.prefix.astype(x.dtype), (b, *op.prefix.shape))
+    t[op.output] = np.concatenate([prefix, x], axis=1).reshape(-1, x.shape[2])
+
+
+def pool_sums(acc: np.ndarray, images: int, pre_shift: int) -> np.ndarray:
+    """Per image the int64 sum of its rows, shifted right by pre_shift rounding half up: [B, C]."""
+    total = acc.reshape(images, -1, acc.shape[1]).astype(np.int64).sum(axis=1)
+    return total if pre_shift == 0 else (total + (np.int64(1) << (pre_shift - 1))) >> pre_shift
+
+
+def _mean_pool(op: MeanPool, t: Tensors, ops: Ops, b: int) -> None:
+    t[op.output] = ops.requant(pool_sums(t[op.input], b, op.pre_shift), op.rule)
+
+
+HANDLERS: dict[type, Callable[[Op, Tensors, Ops, int], None]] = {
+    ImageInput: _image, Patchify: _patchify, Linear: _linear, AttentionScores: _scores, Softmax: _softmax,
+    AttentionMix: _mix, Requantize: _requantize, ResidualAdd: _residual_add, LayerNorm: _layernorm,
+    QuantizeTokens: _quantize_tokens, Gelu: _gelu, Gather: _gather, AddPositions: _add_positions,
+    MeanPool: _mean_pool}
+
+
+def last_uses(program: IntegerProgram) -> list[list[str]]:
+    """Per op, the tensors no later op reads (freed after it): a chunk holds only live tensors."""
+    last: dict[str, int] = {}
+    for i, op in enumerate(program.ops):
+        for name in op_inputs(op) + op_outputs(op):
+            last[name] = i
+    frees: list[list[str]] = [[] for _ in program.ops]
+    for name, i in last.items():
+        if name != program.logits:
+            frees[i].append(name)
+    return frees
+
+
+def _run_chunk(p: IntegerProgram, images: np.ndarray, ops: Ops, frees: list[list[str]]
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    b = len(images)
+    tensors: Tensors = {"image": images}
     trace: dict[str, np.ndarray] = {}
-    codes = _image_codes(images, p)
-    trace["embed_in"] = codes.reshape(len(codes), -1)
-    patches = _patches(codes, p.patch)
-    b, n, kdim = patches.shape
-    (emb,) = _linear_codes(patches.reshape(b * n, kdim), p.embed, [(slice(None), p.embed_to_res)], ops)
-    emb = emb.reshape(b, n, -1)
-    emb = np.clip(emb + p.pos_codes, -RESIDUAL_MAX, RESIDUAL_MAX)
-    r = np.concatenate([np.broadcast_to(p.cls_code.astype(emb.dtype), (b, 1, emb.shape[2])), emb], axis=1)
-    trace["residual_in"] = r.reshape(b, -1)
-    for i, blk in enumerate(p.blocks):
-        r = _block(r, blk, ops, trace, i)
-    head_in, _ = ops.layernorm(r[:, 0].astype(np.int32), p.norm)  # token pooling: the class token alone
-    trace["head_in"] = head_in
-    logits = _linear(head_in, p.head, ops).astype(np.float64) * p.logit_scale
-    return logits, trace
+    for op, free in zip(p.ops, frees):
+        HANDLERS[type(op)](op, tensors, ops, b)
+        for name in op_outputs(op):
+            if p.tensor(name).verified:
+                trace[name] = tensors[name].reshape(b, -1)
+        for name in free:
+            tensors.pop(name, None)
+    return tensors[p.logits].astype(np.float64) * p.logit_scale, trace
 
 
 def run_program(program: IntegerProgram, images: np.ndarray | torch.Tensor, ops: Ops, chunk: int
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The shared op sequence with `ops`, `chunk` images at a time: logits and the codes of every tensor."""
+    """The program's ops with `ops`, `chunk` images at a time: logits and the codes of every verified
+    tensor, [B, ...] each."""
     images = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    parts = [_run_chunk(program, images[i:i + chunk], ops) for i in range(0, len(images), chunk)]
+    frees = last_uses(program)
+    parts = [_run_chunk(program, images[i:i + chunk], ops, frees) for i in range(0, len(images), chunk)]
     if len(parts) == 1:  # one chunk: no copy (concatenating every traced tensor costs a GEMM's time)
         return parts[0]
     trace = {key: np.concatenate([t[key] for _, t in parts]) for key in parts[0][1]}
@@ -221,5 +344,5 @@ def run_program(program: IntegerProgram, images: np.ndarray | torch.Tensor, ops:
 
 def run_reference(program: IntegerProgram, images: np.ndarray | torch.Tensor
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Logits [B, classes] (float64) and the integer codes of every quantized tensor, [B, ...] each."""
+    """Logits [B, classes] (float64) and the integer codes of every verified tensor, [B, ...] each."""
     return run_program(program, images, REFERENCE_OPS, CHUNK)

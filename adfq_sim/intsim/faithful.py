@@ -1,9 +1,9 @@
 """The integer-faithful fake-quant mode: an IntegerProgram executed with exact PyTorch int64 tensor ops.
 
-The third implementation of the integer contract (DESIGN, "The integer contract", item 7; issue 4,
-scope 5c). Verification compares its codes with the other executors' at every quantized tensor, so it
-is written as an independent reading of the semantics fixed in `program`, `dyadic`, `reference` and
-`nonlinear_reference`: it imports their constants (dataclasses) but none of their ops. A disagreement
+The third implementation of the integer contract. Verification compares its codes with the other
+executors' at every quantized tensor, so it is written as an independent reading of the semantics
+fixed in `ops`, `dyadic`, `reference` and `nonlinear_reference`: it imports their constants
+(dataclasses) but none of their ops or handlers. A disagreement
 therefore points at a bug in one of the two readings rather than at a shared helper.
 
 Choices that keep it exact:
@@ -17,7 +17,10 @@ Choices that keep it exact:
   (`torch.searchsorted`) instead of the reference's counts of thresholds: equal only if the thresholds
   are sorted, which is thus checked too.
 - A log-shift GEMM is a sum of ordinary matmuls, one per shift value j present: (codes with shift j) @
-  ((B << E) >> j)^T, even and odd codes apart for base sqrt2 (the reference loops over rows instead).
+  ((B << E) >> j)^T, one accumulator per code remainder r of base 2**(1/R) (the reference loops over
+  rows instead).
+- Index ops (patches, window partition and reverse, shifts, padding, patch merging) are torch
+  indexing with the exported index tables.
 - PPOQ's sparse outliers are the outlier matrix (zero elsewhere) times W^T; twin-uniform levels are
   formed with torch.where from the codes.
 Floats appear only where the contract allows: quantizing the input image (float32, the fake-quant
@@ -29,14 +32,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from adfq_sim.intsim.nonlinear_reference import (EXP_FRAC_BITS, EXP_LO_BITS, EXP_MAX_Z, EXP_ONE_BITS,
-                                                 EXP_TABLE_HI, EXP_TABLE_LO,
-                                                 OUTLIER_MAX, OUTLIER_MIN, SUM_RECIP_BITS, GeluConstants,
+from adfq_sim.formats import (OUTLIER_MAX, OUTLIER_MIN, RESIDUAL_MAX, LOG_BASES, LogOperand, Operand, OutlierOperand,
+                              TwinOperand, UniformOperand)
+from adfq_sim.intsim.nonlinear_reference import (EXP_FRAC_BITS, EXP_LO_BITS, EXP_MAX_Z, EXP_ONE_BITS, EXP_TABLE_HI,
+                                                 EXP_TABLE_LO, SOFTMAX_INPUT_MAX, SUM_RECIP_BITS, GeluConstants,
                                                  LayerNormConstants, LogOutput, SoftmaxConstants, StepOutput,
-                                                 UniformOutput)
-from adfq_sim.intsim.program import (RESIDUAL_MAX, Block, Gemm, IntegerProgram, LogOperand, Operand, Requant,
-                                     TwinOperand)
-from adfq_sim.intsim.reference import INV_SQRT2, SATURATION
+                                                 TokenCodes, UniformOutput)
+from adfq_sim.intsim.ops import (AddPositions, AttentionMix, AttentionScores, Gather, Gelu, Gemm, ImageInput,
+                                 LayerNorm, Linear, MeanPool, Patchify, QuantizeTokens, Requant, Requantize,
+                                 ResidualAdd, Softmax, op_outputs)
+from adfq_sim.intsim.program import IntegerProgram
+from adfq_sim.intsim.reference import SATURATION, root_rules
 
 Codes = dict[str, torch.Tensor]
 
@@ -78,51 +84,61 @@ def _saturate(acc: torch.Tensor) -> torch.Tensor:
     return torch.clamp(acc, -SATURATION, SATURATION)
 
 
-def _log_product(codes: torch.Tensor, b: torch.Tensor, op: LogOperand) -> torch.Tensor:
-    """sum_k floor(B[n, k] * 2**E / 2**j_k) over live codes, one matmul per shift j present (sqrt2: code
-    q = 2j + r, the odd sum times 1/sqrt2 by the dyadic rule)."""
+def _log_product(codes: torch.Tensor, b: torch.Tensor, op: LogOperand, outliers=None) -> torch.Tensor:
+    """sum_k floor(B[n, k] * 2**E / 2**j_k) over live codes, one matmul per shift j present and one
+    accumulator per remainder r of q = R j + r, accumulator r times 2**(-r/R) by the dyadic rule."""
     scaled = b << op.frac_bits  # [..., N, K]
     live = codes != op.zero_code
-    sqrt2 = op.base == "sqrt2"
-    shifts = (codes >> 1) if sqrt2 else codes
-    sums = []
-    for parity in ((0, 1) if sqrt2 else (None,)):
-        selected = live if parity is None else live & (codes % 2 == parity)
-        acc = torch.zeros((*codes.shape[:-1], b.shape[-2]), dtype=torch.int64)
+    roots = LOG_BASES[op.base]
+    rule_m, rule_s = root_rules(roots)
+    shifts = codes // roots
+    total = torch.zeros((*codes.shape[:-1], b.shape[-2]), dtype=torch.int64)
+    for r in range(roots):
+        selected = live & (codes % roots == r)
+        acc = torch.zeros_like(total)
         for j in torch.unique(shifts[selected]).tolist():
             mask = (selected & (shifts == j)).long()
             acc += torch.matmul(mask, (scaled >> min(j, 62)).transpose(-1, -2))
-        sums.append(acc)
-    if not sqrt2:
-        return sums[0]
-    return sums[0] + _round_shift(sums[1] * INV_SQRT2[0], INV_SQRT2[1])
+        total += acc if r == 0 else _round_shift(acc * int(rule_m[r]), int(rule_s[r]))
+    return total
 
 
-def _twin_levels(codes: torch.Tensor, op: TwinOperand) -> tuple[torch.Tensor, torch.Tensor]:
+def _twin_product(codes: torch.Tensor, b: torch.Tensor, op: TwinOperand, outliers=None) -> torch.Tensor:
     """(coarse, fine) levels: softmax codes c >= H are coarse c - H; gelu codes are signed b-bit levels,
-    coarse when >= 0."""
+    coarse when >= 0; coarse products shifted left by `shift`."""
     zero = torch.zeros_like(codes)
     if op.mode == "softmax":
-        return torch.where(codes >= op.half, codes - op.half, zero), torch.where(codes < op.half, codes, zero)
-    signed = torch.where(codes >= op.half, codes - 2 * op.half, codes)
-    return torch.where(signed >= 0, signed, zero), torch.where(signed < 0, signed, zero)
+        coarse, fine = torch.where(codes >= op.half, codes - op.half, zero), torch.where(codes < op.half, codes, zero)
+    else:
+        signed = torch.where(codes >= op.half, codes - 2 * op.half, codes)
+        coarse, fine = torch.where(signed >= 0, signed, zero), torch.where(signed < 0, signed, zero)
+    bt = b.transpose(-1, -2)
+    return (torch.matmul(coarse, bt) << op.shift) + torch.matmul(fine, bt)
+
+
+def _minus_zero_point(codes: torch.Tensor, zero_point: np.ndarray) -> torch.Tensor:
+    zp = _t(zero_point)
+    return codes - (zp[torch.arange(codes.shape[-2]) % zp.numel()][:, None] if zp.numel() > 1 else zp)
+
+
+def _uniform_product(codes: torch.Tensor, b: torch.Tensor, op: UniformOperand, outliers=None) -> torch.Tensor:
+    return torch.matmul(_minus_zero_point(codes, op.zero_point), b.transpose(-1, -2))
+
+
+def _outlier_product(codes: torch.Tensor, b: torch.Tensor, op: OutlierOperand, outliers=None) -> torch.Tensor:
+    """The dense codes on the coarse step, then the outlier matrix (zero elsewhere) times B^T."""
+    bt = b.transpose(-1, -2)
+    return (torch.matmul(_minus_zero_point(codes, op.zero_point), bt) << op.outlier_shift) + torch.matmul(outliers, bt)
+
+
+_PRODUCTS = {UniformOperand: _uniform_product, OutlierOperand: _outlier_product, LogOperand: _log_product,
+             TwinOperand: _twin_product}
 
 
 def _product(codes: torch.Tensor, op: Operand, b: torch.Tensor, outliers: torch.Tensor | None = None
              ) -> torch.Tensor:
     """codes read by the operand format, times B^T (B [..., N, K]), before bias and saturation."""
-    if isinstance(op, LogOperand):
-        return _log_product(codes, b, op)
-    bt = b.transpose(-1, -2)
-    if isinstance(op, TwinOperand):
-        coarse, fine = _twin_levels(codes, op)
-        return (torch.matmul(coarse, bt) << op.shift) + torch.matmul(fine, bt)
-    zp = _t(op.zero_point)
-    zp = zp[torch.arange(codes.shape[-2]) % zp.numel()][:, None] if zp.numel() > 1 else zp
-    dense = torch.matmul(codes - zp, bt)
-    if op.outlier_shift < 0:
-        return dense
-    return (dense << op.outlier_shift) + torch.matmul(outliers, bt)
+    return _PRODUCTS[type(op)](codes, b, op, outliers)
 
 
 def _linear(codes: torch.Tensor, g: Gemm, outliers: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,10 +146,6 @@ def _linear(codes: torch.Tensor, g: Gemm, outliers: torch.Tensor | None = None) 
     bias = _t(g.bias)
     acc = acc + (bias[torch.arange(acc.shape[0]) % bias.shape[0]] if bias.ndim == 2 else bias)
     return _saturate(acc) if g.saturated else acc
-
-
-def _residual_add(a: torch.Tensor, ra: Requant, b: torch.Tensor, rb: Requant) -> torch.Tensor:
-    return torch.clamp(_requant(a, ra) + _requant(b, rb), -RESIDUAL_MAX, RESIDUAL_MAX)
 
 
 def _bit_length(v: torch.Tensor) -> torch.Tensor:
@@ -156,9 +168,8 @@ def _isqrt(n: torch.Tensor) -> torch.Tensor:
         x = torch.minimum(x, y)
 
 
-def _layernorm(x: torch.Tensor, c: LayerNormConstants) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Integer LayerNorm of residual rows [M, C] into the next quantizer's codes (outliers at the
-    zero-point) and, with PPOQ, the int16 outlier codes as a matrix (0 elsewhere)."""
+def _layernorm_acc(x: torch.Tensor, c: LayerNormConstants) -> torch.Tensor:
+    """Integer LayerNorm of residual rows [M, C]: the acc with acc_frac fractional bits."""
     if int(x.abs().max()) > c.input_max or x.shape[1] != c.channels:
         raise ValueError(f"layernorm input outside its exported range |x| <= {c.input_max}, C = {c.channels}")
     total = x.sum(dim=1, keepdim=True)
@@ -167,16 +178,20 @@ def _layernorm(x: torch.Tensor, c: LayerNormConstants) -> tuple[torch.Tensor, to
     recip = (1 << c.recip_bits) // torch.clamp(_isqrt(var << (2 * k)), min=1)
     n = _round_shift((c.channels * x - total) * recip, c.recip_bits - c.frac_bits - k)
     acc = torch.clamp(n, -c.norm_max, c.norm_max) * _t(c.gamma) + _t(c.beta)
-    if c.acc_shift:
-        acc = _round_shift(acc, c.acc_shift)
-    codes = _uniform(acc, c.out)
-    if not c.has_outliers:
+    return _round_shift(acc, c.acc_shift) if c.acc_shift else acc
+
+
+def _token_codes(acc: torch.Tensor, t: TokenCodes) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The next quantizer's codes of acc rows (outliers at the zero-point) and, with PPOQ, the int16
+    outlier codes as a matrix (0 elsewhere)."""
+    codes = _uniform(acc, t.out)
+    if not t.has_outliers:
         return codes, None
     token = torch.arange(acc.shape[0])
-    zp = _t(c.out.zero_point)[token % len(c.out.m)][:, None]
-    outlier = acc.abs() > c.outlier_threshold
-    m = _t(c.outlier_m)[token % len(c.outlier_m)][:, None]
-    s = _t(c.outlier_s)[token % len(c.outlier_s)][:, None]
+    zp = _t(t.out.zero_point)[token % len(t.out.m)][:, None]
+    outlier = acc.abs() > t.outlier_threshold
+    m = _t(t.outlier_m)[token % len(t.outlier_m)][:, None]
+    s = _t(t.outlier_s)[token % len(t.outlier_s)][:, None]
     codes16 = _dyadic(acc, m, s, OUTLIER_MIN, OUTLIER_MAX)
     return torch.where(outlier, zp, codes), torch.where(outlier, codes16, torch.zeros_like(codes16))
 
@@ -219,64 +234,130 @@ def _gelu(acc: torch.Tensor, c: GeluConstants) -> torch.Tensor:
     return _step(acc, c.thresholds, c.codes)
 
 
-def _heads(a: torch.Tensor, b: int, t: int, heads: int) -> torch.Tensor:
-    """[B*T, D] -> [B, H, T, hd]."""
-    return a.reshape(b, t, heads, -1).permute(0, 2, 1, 3)
+# ------------------------------------------------------------------------------------------ handlers
 
 
-def _block(r: torch.Tensor, blk: Block, codes: Codes, i: int) -> torch.Tensor:
-    b, t, d = r.shape
-    rows = r.reshape(b * t, d)
-    x, x_outliers = _layernorm(rows, blk.norm1)
-    qkv = _linear(x, blk.qkv, x_outliers)
-    q, k, v = (_requant(part, rq) for part, rq in zip(qkv.split(d, dim=1), (blk.to_q, blk.to_k, blk.to_v)))
-    scores = _product(_heads(q, b, t, blk.heads), blk.qk.operand, _heads(k - blk.qk.b_zero_point, b, t, blk.heads))
-    if int(scores.abs().max()) > blk.qk.acc_max:
-        raise ValueError(f"blocks.{i}: |Q.K^T| above its proven bound {blk.qk.acc_max}")
-    probs = _softmax(scores.reshape(-1, t), blk.softmax)
-    vt = _heads(v - blk.pv.b_zero_point, b, t, blk.heads).transpose(-1, -2)  # [B, H, hd, T]
-    pv = _product(probs.reshape(b, blk.heads, t, t), blk.pv.operand, vt)
-    pv = _saturate(pv) if blk.pv.saturated else pv
-    pin = _requant(pv.permute(0, 2, 1, 3).reshape(b * t, d), blk.to_proj_in)
-    mid = _residual_add(rows, blk.res_to_mid, _linear(pin, blk.proj), blk.attn_to_res)
-    y, y_outliers = _layernorm(mid, blk.norm2)
-    g = _gelu(_requant(_linear(y, blk.fc1, y_outliers), blk.to_gelu), blk.gelu)
-    out = _residual_add(mid, blk.mid_to_out, _linear(g, blk.fc2), blk.mlp_to_res)
-    for name, tensor in (("qkv_in", x), ("qkv_in_outliers", x_outliers), ("q", q), ("k", k), ("v", v),
-                         ("probs", probs), ("proj_in", pin), ("residual_mid", mid), ("fc1_in", y),
-                         ("fc1_in_outliers", y_outliers), ("fc2_in", g), ("residual_out", out)):
-        if tensor is not None:
-            codes[f"blocks.{i}.{name}"] = tensor.reshape(b, -1)
-    return out.reshape(b, t, d)
+def _windows(x: torch.Tensor, heads: int, tokens: int) -> torch.Tensor:
+    """[B * W * T, H * hd] -> [B * W, H, T, hd]."""
+    return x.reshape(-1, tokens, heads, x.shape[1] // heads).permute(0, 2, 1, 3)
 
 
-def _image_codes(images: torch.Tensor, p: IntegerProgram) -> torch.Tensor:
+def _image(op: ImageInput, t: Codes, b: int) -> None:
     """The fake-quant input quantizer in float32: round_half_up(clamp(x / scale + zp, 0, qmax))."""
-    x = images.float() / torch.tensor(p.image_scale, dtype=torch.float32) + float(p.image_zero_point)
-    return torch.floor(torch.clamp(x, 0, p.image_qmax) + 0.5).long()
+    x = t.pop("image").float() / torch.tensor(op.scale, dtype=torch.float32) + float(op.zero_point)
+    t[op.output] = torch.floor(torch.clamp(x, 0, op.qmax) + 0.5).long().reshape(b, -1)
+
+
+def _patchify(op: Patchify, t: Codes, b: int) -> None:
+    p, c = op.patch, op.channels
+    x = t[op.input].reshape(-1, c, op.height // p, p, op.width // p, p)
+    t[op.output] = x.permute(0, 2, 4, 1, 3, 5).reshape(-1, c * p * p)
+
+
+def _linear_op(op: Linear, t: Codes, b: int) -> None:
+    acc = _linear(t[op.input], op.gemm, t[op.outliers] if op.outliers else None)
+    for s in op.outputs:
+        part = acc[:, s.start:s.stop]
+        t[s.output] = part if s.rule is None else _requant(part, s.rule)
+
+
+def _scores(op: AttentionScores, t: Codes, b: int) -> None:
+    q, k = _windows(t[op.q], op.heads, op.tokens), _windows(t[op.k] - op.k_zero_point, op.heads, op.tokens)
+    scores = _product(q, op.operand, k)  # [B * W, H, T, T]
+    if op.bias is not None:
+        scores = scores + _t(op.bias)
+    if int(scores.abs().max()) > op.acc_max:
+        raise ValueError(f"{op.name}: |Q.K^T + bias| above its proven bound {op.acc_max}")
+    if op.mask is not None:
+        mask = torch.as_tensor(op.mask).repeat(scores.shape[0] // op.mask.shape[0], 1, 1)[:, None]
+        scores = torch.where(mask, torch.full_like(scores, -SOFTMAX_INPUT_MAX), scores)
+    t[op.output] = scores.reshape(-1, op.tokens)
+
+
+def _mix(op: AttentionMix, t: Codes, b: int) -> None:
+    vt = _windows(t[op.v] - op.v_zero_point, op.heads, op.tokens).transpose(-1, -2)  # [B * W, H, hd, T]
+    probs = t[op.probs].reshape(-1, op.heads, op.tokens, op.tokens)
+    acc = _product(probs, op.operand, vt)
+    acc = _saturate(acc) if op.saturated else acc
+    t[op.output] = acc.permute(0, 2, 1, 3).reshape(-1, acc.shape[1] * acc.shape[3])
+
+
+def _softmax_op(op: Softmax, t: Codes, b: int) -> None:
+    t[op.output] = _softmax(t[op.input], op.constants)
+
+
+def _requantize(op: Requantize, t: Codes, b: int) -> None:
+    t[op.output] = _requant(t[op.input], op.rule)
+
+
+def _residual_add(op: ResidualAdd, t: Codes, b: int) -> None:
+    t[op.output] = torch.clamp(_requant(t[op.a], op.rule_a) + _requant(t[op.b], op.rule_b), -RESIDUAL_MAX,
+                               RESIDUAL_MAX)
+
+
+def _layernorm_op(op: LayerNorm, t: Codes, b: int) -> None:
+    acc = _layernorm_acc(t[op.input], op.constants)
+    if op.codes is None:
+        t[op.output] = acc
+    else:
+        _codes_into(t, op.output, op.outlier_output, _token_codes(acc, op.codes))
+
+
+def _quantize_tokens(op: QuantizeTokens, t: Codes, b: int) -> None:
+    _codes_into(t, op.output, op.outlier_output, _token_codes(t[op.input], op.codes))
+
+
+def _codes_into(t: Codes, output: str, outlier_output: str | None,
+                codes: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    t[output] = codes[0]
+    if outlier_output is not None:
+        t[outlier_output] = codes[1]
+
+
+def _gelu_op(op: Gelu, t: Codes, b: int) -> None:
+    t[op.output] = _gelu(t[op.input], op.constants)
+
+
+def _gather(op: Gather, t: Codes, b: int) -> None:
+    """Input rows by the index table, zeros for -1, concatenated per output row."""
+    x = t[op.input]
+    x = x.reshape(b, -1, x.shape[1])
+    index = _t(op.index)
+    picked = x[:, torch.clamp(index, min=0)]  # [B, rows, k, C]
+    picked = torch.where((index >= 0)[None, :, :, None], picked, torch.zeros_like(picked))
+    t[op.output] = picked.reshape(-1, index.shape[1] * x.shape[2])
+
+
+def _add_positions(op: AddPositions, t: Codes, b: int) -> None:
+    x = t[op.input]
+    x = torch.clamp(x.reshape(b, -1, x.shape[1]) + _t(op.positions), -RESIDUAL_MAX, RESIDUAL_MAX)
+    t[op.output] = torch.cat([_t(op.prefix).expand(b, -1, -1), x], dim=1).reshape(-1, x.shape[2])
+
+
+def _mean_pool(op: MeanPool, t: Codes, b: int) -> None:
+    x = t[op.input]
+    total = x.reshape(b, -1, x.shape[1]).sum(dim=1)
+    t[op.output] = _requant(_round_shift(total, op.pre_shift) if op.pre_shift else total, op.rule)
+
+
+_HANDLERS = {ImageInput: _image, Patchify: _patchify, Linear: _linear_op, AttentionScores: _scores,
+             Softmax: _softmax_op, AttentionMix: _mix, Requantize: _requantize, ResidualAdd: _residual_add,
+             LayerNorm: _layernorm_op, QuantizeTokens: _quantize_tokens, Gelu: _gelu_op, Gather: _gather,
+             AddPositions: _add_positions, MeanPool: _mean_pool}
 
 
 @torch.no_grad()
 def run_faithful(program: IntegerProgram, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Codes]:
-    """Logits [B, classes] (float64) and the int64 codes of every quantized tensor, [B, ...] each.
+    """Logits [B, classes] (float64) and the int64 codes of every verified tensor, [B, ...] each.
 
     The codes dict has `run_reference`'s keys and layouts, so `verify` can compare them tensor by tensor.
     """
     images = torch.as_tensor(images)
+    tensors: Codes = {"image": images}
     codes: Codes = {}
-    pixels = _image_codes(images, program)
-    codes["embed_in"] = pixels.reshape(len(pixels), -1)
-    b, c, h, w = pixels.shape
-    p = program.patch
-    patches = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * p * p)
-    emb = _requant(_linear(patches, program.embed), program.embed_to_res)
-    emb = torch.clamp(emb + _t(program.pos_codes), -RESIDUAL_MAX, RESIDUAL_MAX)
-    cls = _t(program.cls_code).expand(b, 1, -1)
-    r = torch.cat([cls, emb], dim=1)
-    codes["residual_in"] = r.reshape(b, -1)
-    for i, blk in enumerate(program.blocks):
-        r = _block(r, blk, codes, i)
-    head_in, _ = _layernorm(r[:, 0], program.norm)  # token pooling: the class token alone reaches the head
-    codes["head_in"] = head_in
-    logits = _linear(head_in, program.head).double() * torch.from_numpy(program.logit_scale)
-    return logits, codes
+    for op in program.ops:
+        _HANDLERS[type(op)](op, tensors, len(images))
+        for name in op_outputs(op):
+            if program.tensor(name).verified:
+                codes[name] = tensors[name].reshape(len(images), -1)
+    return tensors[program.logits].double() * torch.from_numpy(program.logit_scale), codes

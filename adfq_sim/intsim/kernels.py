@@ -26,7 +26,8 @@ from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 from adfq_sim.intsim.dyadic import requantize_one
-from adfq_sim.intsim.reference import INV_SQRT2, check_bias, check_log_args, check_outliers, gemm_shapes
+from adfq_sim.formats import LOG_BASES
+from adfq_sim.intsim.reference import check_bias, check_log_args, check_outliers, gemm_shapes, root_rules
 
 ROW_BLOCK = 8  # rows of A sharing each row of W while it is hot in L1
 TILE_ROWS, TILE_PANELS = 4, 4  # VNNI tile: rows of A x 16-column panels of W, 16 zmm accumulators
@@ -339,29 +340,35 @@ def _shift_sums(row, shift, even, odd):
 
 
 @numba.njit(cache=True, parallel=True)
-def _log_shift_kernel(p, scaled, sqrt2, zero_code, m_inv, s_inv, bias, out):
-    # p [G, M, K] uint8 codes, scaled [1 | G, N, K] int32 = B << E, out [G, M, N]
+def _log_shift_kernel(p, scaled, roots, zero_code, rule_m, rule_s, bias, out):
+    # p [G, M, K] uint8 codes, scaled [1 | G, N, K] int32 = B << E, out [G, M, N]; code q = roots * j + r
+    # adds (B << E) >> j to accumulator r, which is weighted by the dyadic rule (rule_m[r], rule_s[r])
     groups, m, k = p.shape
     n = scaled.shape[1]
     for gi in prange(groups * m):
         g, i = gi // m, gi % m
         sg, og = scaled[g if scaled.shape[0] > 1 else 0], out[g]
         shift = np.empty(k, np.int32)  # per column of this row: the right shift and the lane masks
-        even = np.empty(k, np.int32)  # base 2: every live (non-zero) code
-        odd = np.empty(k, np.int32)
+        masks = np.empty((roots, k), np.int32)  # -1 where the code is live with remainder r, else 0
         for c in range(k):
             q = np.int32(p[g, i, c])
             live = np.int32(-1) if q != zero_code else np.int32(0)
-            shift[c] = min(q >> 1 if sqrt2 else q, 31)
-            even[c] = live & ((q & 1) - 1) if sqrt2 else live
-            odd[c] = live & -(q & 1)
+            shift[c] = min(q // roots, 31)
+            for r in range(roots):
+                masks[r, c] = live if q % roots == r else np.int32(0)
         for j in range(n):
-            if sqrt2:
-                acc_even, acc_odd = _shift_sums(sg[j], shift, even, odd)
+            if roots == 1:  # base 2: one accumulator, twice as fast
+                og[i, j] = np.int64(_shift_sum(sg[j], shift, masks[0])) + bias[j]
+            elif roots == 2:  # base sqrt2: both accumulators in one pass
+                acc_even, acc_odd = _shift_sums(sg[j], shift, masks[0], masks[1])
                 og[i, j] = (np.int64(acc_even) + bias[j]
-                            + requantize_one(np.int64(acc_odd), m_inv, s_inv, _I64_MIN, _I64_MAX))
-            else:  # base 2: one accumulator, twice as fast
-                og[i, j] = np.int64(_shift_sum(sg[j], shift, even)) + bias[j]
+                            + requantize_one(np.int64(acc_odd), rule_m[1], rule_s[1], _I64_MIN, _I64_MAX))
+            else:
+                total = np.int64(_shift_sum(sg[j], shift, masks[0])) + bias[j]
+                for r in range(1, roots):
+                    total += requantize_one(np.int64(_shift_sum(sg[j], shift, masks[r])), rule_m[r], rule_s[r],
+                                            _I64_MIN, _I64_MAX)
+                og[i, j] = total
 
 
 def log_shift_gemm(p: np.ndarray, b: np.ndarray, e: int, base: str, zero_code: int,
@@ -371,8 +378,9 @@ def log_shift_gemm(p: np.ndarray, b: np.ndarray, e: int, base: str, zero_code: i
     check_log_args(p, e, base, zero_code)
     scaled = _codes(b).astype(np.int32).reshape(-1, n, k) << e
     out = np.empty((groups, m, n), np.int32)
-    _log_shift_kernel(np.ascontiguousarray(p).reshape(groups, m, k), scaled, base == "sqrt2", zero_code,
-                      *INV_SQRT2, _bias(bias, n), out)
+    roots = LOG_BASES[base]
+    _log_shift_kernel(np.ascontiguousarray(p).reshape(groups, m, k), scaled, roots, zero_code, *root_rules(roots),
+                      _bias(bias, n), out)
     return out.reshape(*p.shape[:-1], n)
 
 

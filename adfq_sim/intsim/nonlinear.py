@@ -21,13 +21,13 @@ from adfq_sim.intsim.nonlinear_reference import (
     SUM_RECIP_BITS,
     GeluConstants,
     LayerNormConstants,
-    OUTLIER_MAX,
-    OUTLIER_MIN,
     LogOutput,
     SoftmaxConstants,
     StepOutput,
+    TokenCodes,
     check_codes,
 )
+from adfq_sim.formats import OUTLIER_MAX, OUTLIER_MIN
 
 
 @numba.njit(cache=True, inline="always")
@@ -108,11 +108,19 @@ def _count_at_or_below(v: np.int64, thresholds: np.ndarray) -> np.int64:
 # ------------------------------------------------------------------------------------------ LayerNorm
 
 
+@numba.njit(cache=True, inline="always")
+def _token_code(acc, m, s, zp, qmax, threshold, om, os):
+    """(code, int16 outlier code or 0) of one acc value, by its row's rules."""
+    if threshold >= 0 and abs(acc) > threshold:
+        return zp, requantize_one(acc, om, os, OUTLIER_MIN, OUTLIER_MAX)
+    return _uniform_code(acc, m, s, zp, qmax), np.int64(0)
+
+
 @numba.njit(cache=True, parallel=True)
 def _layernorm_kernel(x, eps_int, frac_bits, recip_bits, norm_max, gamma, beta, acc_shift, m, s, zp, qmax,
                       threshold, om, os, want_acc, acc_out, codes_out, outliers_out):
+    # row r takes the output rule of token r % T; outliers_out is written only with PPOQ (threshold >= 0)
     rows, c = x.shape
-    tokens = m.size
     for r in numba.prange(rows):
         total = np.int64(0)
         squares = np.int64(0)
@@ -125,7 +133,8 @@ def _layernorm_kernel(x, eps_int, frac_bits, recip_bits, norm_max, gamma, beta, 
         recip = (np.int64(1) << recip_bits) // max(isqrt_one(var << (2 * k)), np.int64(1))
         shift = recip_bits - frac_bits - k
         half = np.int64(1) << (shift - 1)
-        t = r % tokens
+        t = r % m.size
+        mt, st, zt, omr, osr = m[t], s[t], zp[t], om[r % om.size], os[r % os.size]
         for j in range(c):
             n = ((c * np.int64(x[r, j]) - total) * recip + half) >> shift
             n = min(max(n, -norm_max), norm_max)
@@ -134,41 +143,70 @@ def _layernorm_kernel(x, eps_int, frac_bits, recip_bits, norm_max, gamma, beta, 
                 acc = (acc + (np.int64(1) << (acc_shift - 1))) >> acc_shift
             if want_acc:
                 acc_out[r, j] = acc
-            elif threshold >= 0 and abs(acc) > threshold:
-                codes_out[r, j] = zp[t]
-                outliers_out[r, j] = requantize_one(acc, om[r % om.size], os[r % os.size], OUTLIER_MIN, OUTLIER_MAX)
             else:
-                codes_out[r, j] = _uniform_code(acc, m[t], s[t], zp[t], qmax)
+                code, outlier = _token_code(acc, mt, st, zt, qmax, threshold, omr, osr)
+                codes_out[r, j] = code
                 if threshold >= 0:
-                    outliers_out[r, j] = 0
+                    outliers_out[r, j] = outlier
 
 
-def _layernorm_run(x: np.ndarray, c: LayerNormConstants, want_acc: bool
+@numba.njit(cache=True, parallel=True)
+def _token_codes_kernel(acc, m, s, zp, qmax, threshold, om, os, codes_out, outliers_out):
+    rows, c = acc.shape
+    for r in numba.prange(rows):
+        t = r % m.size
+        mt, st, zt, omr, osr = m[t], s[t], zp[t], om[r % om.size], os[r % os.size]
+        for j in range(c):
+            code, outlier = _token_code(np.int64(acc[r, j]), mt, st, zt, qmax, threshold, omr, osr)
+            codes_out[r, j] = code
+            if threshold >= 0:
+                outliers_out[r, j] = outlier
+
+
+def _codes_args(t: TokenCodes | None) -> tuple:
+    """The kernels' output-rule arguments of t (placeholders for an acc output)."""
+    if t is None:
+        one = np.ones(1, np.int64)
+        return one, one, np.zeros(1, np.int64), 0, -1, one, one
+    om, os = (t.outlier_m, t.outlier_s) if t.has_outliers else (np.ones(1, np.int64), np.ones(1, np.int64))
+    return t.out.m, t.out.s, t.out.zero_point, t.out.qmax, t.outlier_threshold, om, os
+
+
+def _outputs(shape: tuple[int, int], t: TokenCodes) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty(shape, np.int32), np.empty(shape if t.has_outliers else (0, 0), np.int32)
+
+
+def _layernorm_run(x: np.ndarray, c: LayerNormConstants, t: TokenCodes | None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     check_codes(x, c.input_max, "layernorm")
     if x.shape[1] != c.channels:
         raise ValueError(f"layernorm exported for {c.channels} channels, got {x.shape[1]}")
     x = np.ascontiguousarray(x)
-    acc = np.empty(x.shape if want_acc else (0, 0), np.int64)
-    codes = np.empty((0, 0) if want_acc else x.shape, np.int32)
-    outliers = np.empty(x.shape if c.has_outliers and not want_acc else (0, 0), np.int32)
-    o = c.out
-    om, os = (c.outlier_m, c.outlier_s) if c.has_outliers else (np.ones(1, np.int64), np.ones(1, np.int64))
-    _layernorm_kernel(x, c.eps_int, c.frac_bits, c.recip_bits, c.norm_max, c.gamma, c.beta, c.acc_shift, o.m, o.s,
-                      o.zero_point, o.qmax, c.outlier_threshold, om, os, want_acc, acc, codes, outliers)
+    acc = np.empty(x.shape if t is None else (0, 0), np.int32)
+    codes, outliers = (np.empty((0, 0), np.int32),) * 2 if t is None else _outputs(x.shape, t)
+    _layernorm_kernel(x, c.eps_int, c.frac_bits, c.recip_bits, c.norm_max, c.gamma, c.beta, c.acc_shift,
+                      *_codes_args(t), t is None, acc, codes, outliers)
     return acc, codes, outliers
 
 
 def layernorm_acc(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
-    """int64 [M, C]: the LayerNorm output with acc_frac fractional bits, before the output rule."""
-    return _layernorm_run(x, c, True)[0]
+    """int32 [M, C]: the LayerNorm output with acc_frac fractional bits (`nonlinear_reference.layernorm_acc`)."""
+    return _layernorm_run(x, c, None)[0]
 
 
-def layernorm(x: np.ndarray, c: LayerNormConstants) -> tuple[np.ndarray, np.ndarray | None]:
-    """`nonlinear_reference.layernorm`: int32 [M, C] codes (outliers at the zero-point) and, with PPOQ,
-    the int16 outlier codes as an int32 [M, C] matrix (0 elsewhere), else None."""
-    _, codes, outliers = _layernorm_run(x, c, False)
-    return codes, outliers if c.has_outliers else None
+def layernorm(x: np.ndarray, c: LayerNormConstants, t: TokenCodes) -> tuple[np.ndarray, np.ndarray | None]:
+    """`nonlinear_reference.layernorm`, fused: int32 [M, C] codes (outliers at the zero-point) and, with
+    PPOQ, the int16 outlier codes as an int32 [M, C] matrix (0 elsewhere), else None."""
+    _, codes, outliers = _layernorm_run(x, c, t)
+    return codes, outliers if t.has_outliers else None
+
+
+def token_codes(acc: np.ndarray, t: TokenCodes) -> tuple[np.ndarray, np.ndarray | None]:
+    """`nonlinear_reference.token_codes` of int32 acc rows [M, C]."""
+    check_codes(acc, (1 << 31) - 1, "token codes")
+    codes, outliers = _outputs(acc.shape, t)
+    _token_codes_kernel(np.ascontiguousarray(acc), *_codes_args(t), codes, outliers)
+    return codes, outliers if t.has_outliers else None
 
 
 # -------------------------------------------------------------------------------------------- softmax

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from adfq_sim.formats import OUTLIER_MAX, OUTLIER_MIN
 from adfq_sim.intsim.dyadic import dyadic, requantize
 
 INT31 = (1 << 31) - 1  # |acc| bound of the dyadic rule (int32 accumulators)
@@ -149,16 +150,14 @@ def isqrt(n: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class LayerNormConstants:
-    """Integer LayerNorm over C channels; see the module docstring for the algorithm.
+    """Integer LayerNorm over C channels, up to its int32 output acc; see the module docstring.
 
     eps_int: E; frac_bits: F; recip_bits: Q of the per-row reciprocal floor(2**Q / R); norm_max: the
     clamp of n; gamma, beta: G_c = round(gamma * 2**gamma_bits), B_c = round(beta * 2**(F + gamma_bits))
     so n * G + B (int64) holds the LayerNorm output with F + gamma_bits fractional bits, and
-    acc = (n * G + B) >> acc_shift (rounded half up) brings it inside |acc| < 2**31 for the output rule
-    with F + gamma_bits - acc_shift fractional bits (`acc_frac`);
-    input_max: the largest |x| the bounds were proven for; outlier_threshold: PPOQ's alpha as an acc
-    value (|acc| > it is an outlier; its dense code is the zero-point), -1 without outliers;
-    outlier_m, outlier_s: per token, the dyadic rule from acc to int16 outlier codes (empty without).
+    acc = (n * G + B) >> acc_shift (rounded half up) brings it inside |acc| < 2**31 with
+    F + gamma_bits - acc_shift fractional bits (`acc_frac`); input_max: the largest |x| the bounds
+    were proven for.
     """
 
     channels: int
@@ -171,6 +170,21 @@ class LayerNormConstants:
     acc_shift: int
     gamma: np.ndarray
     beta: np.ndarray
+
+    @property
+    def acc_frac(self) -> int:
+        return self.frac_bits + self.gamma_bits - self.acc_shift
+
+
+@dataclass(frozen=True, eq=False)
+class TokenCodes:
+    """Codes of a fixed-point value (LayerNorm's acc) for the next uniform or PPOQ quantizer.
+
+    out: the uniform rule per token position (row r uses entry r % T); outlier_threshold: PPOQ's alpha
+    on the acc grid (|acc| > it is an outlier: its dense code is the zero-point), -1 without outliers;
+    outlier_m, outlier_s: per token, the dyadic rule from acc to int16 outlier codes (empty without).
+    """
+
     out: UniformOutput
     outlier_threshold: int
     outlier_m: np.ndarray
@@ -179,10 +193,6 @@ class LayerNormConstants:
     @property
     def has_outliers(self) -> bool:
         return self.outlier_threshold >= 0
-
-    @property
-    def acc_frac(self) -> int:
-        return self.frac_bits + self.gamma_bits - self.acc_shift
 
 
 def _norm_max(channels: int, frac_bits: int) -> int:
@@ -209,15 +219,9 @@ def _fold_gamma(gamma: np.ndarray, beta: np.ndarray, frac_bits: int,
 
 
 def layernorm_constants(channels: int, input_scale: float, gamma: np.ndarray, beta: np.ndarray, eps: float,
-                        input_bits: int, out_scale: np.ndarray | float, out_zero_point: np.ndarray | int,
-                        out_bits: int, alpha: float | None = None,
-                        outlier_step: np.ndarray | float | None = None) -> LayerNormConstants:
+                        input_bits: int) -> LayerNormConstants:
     """Export: input codes |x| <= 2**(input_bits - 1) at input_scale (refused where the variance could
-    overflow int64); output uniform, out_scale / out_zero_point scalars or per token position [T];
-    alpha: PPOQ's outlier threshold on the LayerNorm output value, or None; outlier_step: the step of
-    the int16 outlier codes (scalar or per token), required with alpha."""
-    if (alpha is None) != (outlier_step is None):
-        raise ValueError("alpha and outlier_step go together (PPOQ outliers) or not at all")
+    overflow int64)."""
     c = channels
     input_max = 1 << (input_bits - 1)
     eps_int = math.floor(eps / input_scale**2 * c * c + 0.5)
@@ -232,16 +236,24 @@ def layernorm_constants(channels: int, input_scale: float, gamma: np.ndarray, be
     frac_bits, gamma_bits, acc_shift, g, b = min(
         (_fold_gamma(gamma, beta, f, c) for f in range(4, recip_bits - 31)),
         key=lambda t: rms * 2.0 ** -t[0] + 2.0 ** -t[1] + 2.0 ** (t[2] - t[0] - t[1]))
-    norm_max = _norm_max(c, frac_bits)
-    acc_frac = frac_bits + gamma_bits - acc_shift
+    return LayerNormConstants(c, input_max, eps_int, frac_bits, recip_bits, _norm_max(c, frac_bits), gamma_bits,
+                              acc_shift, g, b)
+
+
+def token_codes_constants(acc_frac: int, out_scale: np.ndarray | float, out_zero_point: np.ndarray | int,
+                          out_bits: int, alpha: float | None = None,
+                          outlier_step: np.ndarray | float | None = None) -> TokenCodes:
+    """Export: codes of a value with acc_frac fractional bits; out_scale / out_zero_point scalars or per
+    token position [T]; alpha: PPOQ's outlier threshold on the value, or None; outlier_step: the step
+    of the int16 outlier codes (scalar or per token), required with alpha."""
+    if (alpha is None) != (outlier_step is None):
+        raise ValueError("alpha and outlier_step go together (PPOQ outliers) or not at all")
     threshold = -1 if alpha is None else math.floor(alpha * 2.0**acc_frac)
-    out = uniform_output(out_scale, out_zero_point, out_bits, acc_frac)
     outlier_m = outlier_s = np.zeros(0, np.int64)
     if outlier_step is not None:
         rules = [dyadic(2.0**-acc_frac / float(step)) for step in np.atleast_1d(outlier_step)]
         outlier_m, outlier_s = (np.array(v, np.int64) for v in zip(*rules))
-    return LayerNormConstants(c, input_max, eps_int, frac_bits, recip_bits, norm_max, gamma_bits, acc_shift, g, b,
-                              out, threshold, outlier_m, outlier_s)
+    return TokenCodes(uniform_output(out_scale, out_zero_point, out_bits, acc_frac), threshold, outlier_m, outlier_s)
 
 
 def check_codes(x: np.ndarray, limit: int, name: str) -> None:
@@ -255,8 +267,8 @@ def check_codes(x: np.ndarray, limit: int, name: str) -> None:
 
 
 def layernorm_acc(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
-    """acc = (n * G + B) >> acc_shift: the LayerNorm output with acc_frac fractional bits, before the
-    output rule."""
+    """acc = (n * G + B) >> acc_shift: the LayerNorm output with acc_frac fractional bits (int64 values
+    inside int32)."""
     x = np.asarray(x)
     check_codes(x, c.input_max, "layernorm")
     x = x.astype(np.int64)
@@ -274,22 +286,24 @@ def layernorm_acc(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
     return wide if c.acc_shift == 0 else (wide + (np.int64(1) << (c.acc_shift - 1))) >> c.acc_shift
 
 
-OUTLIER_MIN, OUTLIER_MAX = -(1 << 15), (1 << 15) - 1  # int16 outlier codes
-
-
-def layernorm(x: np.ndarray, c: LayerNormConstants) -> tuple[np.ndarray, np.ndarray | None]:
-    """Codes (int32 [M, C]) of the next uniform / PPOQ quantizer, outliers holding the zero-point there,
-    and with PPOQ the outliers' int16 codes as an int32 [M, C] matrix, 0 elsewhere (else None)."""
-    acc = layernorm_acc(x, c)
-    token = np.arange(acc.shape[0]) % len(c.out.m)
-    codes = uniform_codes(acc, c.out, token)
-    if not c.has_outliers:
+def token_codes(acc: np.ndarray, t: TokenCodes) -> tuple[np.ndarray, np.ndarray | None]:
+    """Codes (int32 [M, C]) of acc rows, outliers holding the zero-point there, and with PPOQ the
+    outliers' int16 codes as an int32 [M, C] matrix, 0 elsewhere (else None)."""
+    acc = np.asarray(acc, np.int64)
+    token = np.arange(acc.shape[0]) % len(t.out.m)
+    codes = uniform_codes(acc, t.out, token)
+    if not t.has_outliers:
         return codes.astype(np.int32), None
-    mask = np.abs(acc) > c.outlier_threshold
-    codes = np.where(mask, c.out.zero_point[token][:, None], codes)
-    outliers = requantize(acc, c.outlier_m[token % len(c.outlier_m)][:, None],
-                          c.outlier_s[token % len(c.outlier_s)][:, None], OUTLIER_MIN, OUTLIER_MAX)
+    mask = np.abs(acc) > t.outlier_threshold
+    codes = np.where(mask, t.out.zero_point[token][:, None], codes)
+    outliers = requantize(acc, t.outlier_m[token % len(t.outlier_m)][:, None],
+                          t.outlier_s[token % len(t.outlier_s)][:, None], OUTLIER_MIN, OUTLIER_MAX)
     return codes.astype(np.int32), np.where(mask, outliers, 0).astype(np.int32)
+
+
+def layernorm(x: np.ndarray, c: LayerNormConstants, t: TokenCodes) -> tuple[np.ndarray, np.ndarray | None]:
+    """LayerNorm of residual rows straight into the next quantizer's codes (`token_codes`)."""
+    return token_codes(layernorm_acc(x, c), t)
 
 
 # -------------------------------------------------------------------------------------------- softmax

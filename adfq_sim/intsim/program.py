@@ -1,14 +1,16 @@
-"""IntegerProgram: every integer constant of a deployed ViT, its file format and its op listing.
+"""IntegerProgram: the deployed model as a list of integer ops, its file format and its op listing.
 
 The program is built by `export` from a calibrated QuantModel and read by the three executors
-(`execute_reference`, `execute`, `faithful`). Its semantics, fixed once here and in the modules named:
-- GEMM operands are codes read by an operand format (UniformOperand, LogOperand, TwinOperand); weights
-  are codes minus their per-channel zero-points; a weight layer's bias lands on its accumulator's scale.
+(`execute_reference`, `execute`, `faithful`), by verification and by the cost model's workload: each
+walks `ops` (see `ops` for what each op does). Its semantics, fixed once here and in the modules named:
+- GEMM operands are codes read by their format's operand form (`formats`); weights are codes minus
+  their per-channel zero-points; a weight layer's bias lands on its accumulator's scale.
 - Accumulators are int32. A dense GEMM's bound is proven at export (`bounds`). Where a GEMM sums
   parts on different steps (PPOQ's dense codes and sparse outliers, a twin-uniform operand's coarse and
   fine ranges) the parts are exact int32 / int64 sums, combined in int64 and *saturated* to
-  +-(2**31 - 1) (`Gemm.saturated`, `reference.saturate`); export proves that saturation never changes the consumer's codes
-  (a requantization whose output clamps before the int32 edge, a GELU table flat beyond it).
+  +-(2**31 - 1) (`Gemm.saturated`, `reference.saturate`); export proves that saturation never changes
+  the consumer's codes (a requantization whose output clamps before the int32 edge, a GELU table flat
+  beyond it).
 - Every rescale is a `Requant` (the dyadic rule of `dyadic.py`), per tensor, per output channel or per
   token x channel (PPOQ inputs), the zero-point added after the rule.
 - Residual stream: signed RESIDUAL_BITS-bit codes (held in int32), one scale per residual point; adds
@@ -26,18 +28,19 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
+from adfq_sim.formats import OUTLIERS, RESIDUAL_BITS, LogOperand, OutlierOperand, TwinOperand, UniformOperand
 from adfq_sim.intsim.nonlinear_reference import (GeluConstants, LayerNormConstants, LogOutput, SoftmaxConstants,
-                                                 StepOutput, UniformOutput)
+                                                 StepOutput, TokenCodes, UniformOutput)
+from adfq_sim.intsim.ops import OP_TYPES, Gemm, ImageInput, Op, Requant, Slice, TensorInfo, op_outputs
 
-RESIDUAL_BITS = 20
-RESIDUAL_MAX = (1 << (RESIDUAL_BITS - 1)) - 1
 FILE_FORMAT = "adfq-sim integer program"
-FILE_VERSION = 1
+FILE_VERSION = 2  # 2: a list of ops over named tensors (1: a fixed ViT block structure)
 
 
 class UnsupportedProgramError(ValueError):
@@ -45,155 +48,47 @@ class UnsupportedProgramError(ValueError):
 
 
 @dataclass(frozen=True, eq=False)
-class UniformOperand:
-    """codes - zero_point, zero_point [1] (per tensor) or [T] (per token position, PPOQ).
-
-    outlier_shift >= 0 (PPOQ): the operand also has sparse int16 outliers on step / 2**outlier_shift;
-    acc = (dense << outlier_shift) + outlier products + bias, saturated.
-    """
-
-    zero_point: np.ndarray
-    outlier_shift: int = -1
-
-    @property
-    def format(self) -> str:
-        return "ppoq" if self.outlier_shift >= 0 else "uniform"
-
-
-@dataclass(frozen=True, eq=False)
-class LogOperand:
-    """Log codes (zero_code means zero) multiplied by shifting, E = frac_bits (`reference.log_shift_gemm`)."""
-
-    base: str
-    frac_bits: int
-    zero_code: int
-
-    @property
-    def format(self) -> str:
-        return f"log{self.base}"
-
-
-@dataclass(frozen=True, eq=False)
-class TwinOperand:
-    """PTQ4ViT twin-uniform codes (mode softmax | gelu, `half` = 2**(b-1)): two operands of levels, one per
-    range (`reference.twin_levels`), acc = (acc_coarse << shift) + acc_fine + bias, saturated."""
-
-    mode: str
-    half: int
-    shift: int
-
-    @property
-    def format(self) -> str:
-        return "twin"
-
-
-Operand = Union[UniformOperand, LogOperand, TwinOperand]
-
-
-@dataclass(frozen=True, eq=False)
-class Requant:
-    """codes = requantize(acc, m, s, lo - zero_point, hi - zero_point, offset) + zero_point.
-
-    m, s: [1] per tensor, [N] per output channel, or [T, N] per token x channel (row r is token r % T);
-    offset: int64 [1] or [N], the bias of a layer feeding the residual stream on the output scale with s
-    fractional bits (its accumulator grid is too coarse for it at low bits), else 0.
-    """
-
-    m: np.ndarray
-    s: np.ndarray
-    zero_point: int
-    lo: int
-    hi: int
-    offset: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class Gemm:
-    """A weight layer: acc = operand(A) @ weight^T + bias (see UniformOperand / TwinOperand for the sums)."""
-
-    weight: np.ndarray  # int32 [N, K]: weight codes minus their per-channel zero-points
-    bias: np.ndarray  # int64 [N], or [T, N] per token, on the accumulator's scale
-    operand: Operand
-    acc_max: int  # proven |int32 accumulator| (the dense / each range's part where the sum is saturated)
-    saturated: bool
-
-
-@dataclass(frozen=True, eq=False)
-class Matmul:
-    """Two activation tensors: acc = operand(A) @ (B - b_zero_point)^T, per batch x head."""
-
-    operand: Operand
-    b_zero_point: int
-    acc_max: int
-    saturated: bool
-
-
-@dataclass(frozen=True, eq=False)
-class Block:
-    norm1: LayerNormConstants
-    qkv: Gemm
-    to_q: Requant
-    to_k: Requant
-    to_v: Requant
-    heads: int
-    qk: Matmul  # Q . K^T (|acc| within the softmax input range)
-    softmax: SoftmaxConstants
-    pv: Matmul  # probs . V
-    to_proj_in: Requant
-    proj: Gemm
-    attn_to_res: Requant  # proj accumulator -> mid residual codes
-    res_to_mid: Requant  # input residual -> mid residual scale
-    norm2: LayerNormConstants
-    fc1: Gemm
-    to_gelu: Requant  # fc1 accumulator -> one per-tensor scale (int32, clamped)
-    gelu: GeluConstants
-    fc2: Gemm
-    mlp_to_res: Requant  # fc2 accumulator -> output residual codes
-    mid_to_out: Requant  # mid residual -> output residual scale
-
-
-@dataclass(frozen=True, eq=False)
 class IntegerProgram:
-    """The deployed model. Floats: the input quantizer (images arrive in float) and the logit scales."""
+    """The deployed model. Floats: the input quantizer (images arrive in float) and the logit scales.
 
-    image_scale: float
-    image_zero_point: int
-    image_qmax: int
-    patch: int
-    embed: Gemm
-    embed_to_res: Requant
-    cls_code: np.ndarray  # int32 [D]: (class token + pos[0]) at the first residual scale
-    pos_codes: np.ndarray  # int32 [T - 1, D]: pos[1:] at the first residual scale
-    blocks: list[Block]
-    norm: LayerNormConstants
-    head: Gemm
-    logit_scale: np.ndarray  # float64 [classes]: s_in * s_w[n], used only to report logits
+    model: what was exported ("vit", "swin"); tensors: every tensor the ops name; logits: the
+    accumulator tensor that holds the class scores; logit_scale [classes] turns it into logits.
+    """
+
+    model: str
+    tensors: list[TensorInfo]
+    ops: list[Op]
+    logits: str
+    logit_scale: np.ndarray
+
+    @cached_property
+    def _by_name(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.tensors}
+
+    def tensor(self, name: str) -> TensorInfo:
+        return self._by_name[name]
 
     @property
-    def tokens(self) -> int:
-        return len(self.pos_codes) + 1
+    def image(self) -> ImageInput:
+        """The input op: the image shape and quantizer the program takes."""
+        return self.ops[0]
 
     def tensor_formats(self) -> dict[str, str]:
-        """Format of every traced tensor (the executors' codes keys), for the verification table."""
-        formats = {"embed_in": self.embed.operand.format, "residual_in": f"int{RESIDUAL_BITS}"}
-        for i, blk in enumerate(self.blocks):
-            p = f"blocks.{i}."
-            formats.update({p + "qkv_in": blk.qkv.operand.format, p + "q": "uniform", p + "k": "uniform",
-                            p + "v": "uniform", p + "probs": blk.pv.operand.format,
-                            p + "proj_in": blk.proj.operand.format, p + "residual_mid": f"int{RESIDUAL_BITS}",
-                            p + "fc1_in": blk.fc1.operand.format, p + "fc2_in": blk.fc2.operand.format,
-                            p + "residual_out": f"int{RESIDUAL_BITS}"})
-            for name, gemm in (("qkv_in", blk.qkv), ("fc1_in", blk.fc1)):
-                if gemm.operand.format == "ppoq":
-                    formats[p + name + "_outliers"] = "int16 outliers"
-        formats["head_in"] = self.head.operand.format
-        return formats
+        """Format of every verified tensor (the executors' codes keys), in execution order."""
+        return {name: self.tensor(name).format for op in self.ops for name in op_outputs(op)
+                if self.tensor(name).verified}
+
+    def outlier_tensors(self) -> dict[str, str]:
+        """PPOQ's outlier matrices: outlier tensor -> the dense codes tensor it completes."""
+        return {op.outlier_output: op.output for op in self.ops
+                if getattr(op, "outlier_output", None) is not None}
 
 
 # ------------------------------------------------------------------------------------- file format
 
-_CLASSES = {cls.__name__: cls for cls in (IntegerProgram, Block, Gemm, Matmul, Requant, UniformOperand, LogOperand,
-                                          TwinOperand, LayerNormConstants, SoftmaxConstants, GeluConstants,
+_CLASSES = {cls.__name__: cls for cls in (IntegerProgram, TensorInfo, Gemm, Requant, Slice, *OP_TYPES,
+                                          UniformOperand, OutlierOperand, LogOperand, TwinOperand,
+                                          LayerNormConstants, TokenCodes, SoftmaxConstants, GeluConstants,
                                           UniformOutput, LogOutput, StepOutput)}
 
 
@@ -207,7 +102,7 @@ def _encode(value: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
         return {"__type__": type(value).__name__, **fields}
     if isinstance(value, list):
         return [_encode(v, arrays, f"{path}.{i}") for i, v in enumerate(value)]
-    if isinstance(value, (np.integer, np.floating)):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
     return value
 
@@ -236,7 +131,7 @@ def save_program(program: IntegerProgram, path: str | Path) -> Path:
 
 
 def load_program(path: str | Path) -> IntegerProgram:
-    """Read a program written by `save_program`; a file of another kind is refused by name."""
+    """Read a program written by `save_program`; a file of another kind or version is refused by name."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -244,82 +139,27 @@ def load_program(path: str | Path) -> IntegerProgram:
             arrays = {key: data[key] for key in data.files if key != "__structure__"}
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{path}: not an integer program file ({exc})") from None
-    if structure.get("format") != FILE_FORMAT or structure.get("version") != FILE_VERSION:
-        raise ValueError(f"{path}: not an integer program file of version {FILE_VERSION}")
+    if structure.get("format") != FILE_FORMAT:
+        raise ValueError(f"{path}: not an integer program file")
+    if structure.get("version") != FILE_VERSION:
+        raise ValueError(f"{path}: an integer program file of version {structure.get('version')}; this adfq-sim "
+                         f"reads version {FILE_VERSION} (export the model again)")
     return _decode(structure["program"], arrays)
 
 
 # ------------------------------------------------------------------------------------------ listing
 
 
-def _rule(r: Requant) -> str:
-    shape = "x".join(map(str, r.m.shape)) if r.m.size > 1 else "tensor"
-    return (f"dyadic[{shape}] -> [{r.lo}, {r.hi}]" + (f" zp {r.zero_point}" if r.zero_point else "")
-            + (" + bias" if r.offset.any() else ""))
-
-
-def _operand_text(op: Operand) -> str:
-    if isinstance(op, LogOperand):
-        return f"log{op.base} codes (zero code {op.zero_code}) by shifts, E={op.frac_bits}"
-    if isinstance(op, TwinOperand):
-        return f"twin-{op.mode} codes: coarse << {op.shift} + fine"
-    zp = f"zp[{op.zero_point.size}]" if op.zero_point.size > 1 else f"zp {int(op.zero_point[0])}"
-    if op.outlier_shift >= 0:
-        return f"ppoq codes - {zp}, << {op.outlier_shift} + sparse int16 outliers"
-    return f"uniform codes - {zp}"
-
-
-def _gemm_text(name: str, g: Gemm) -> str:
-    n, k = g.weight.shape
-    bias = "per-token bias" if g.bias.ndim == 2 else "bias"
-    acc = f"|acc| <= {g.acc_max}" + (", saturated" if g.saturated else "")
-    return f"{name:<22} gemm {k}->{n}: {_operand_text(g.operand)}; int{_bits(g.weight)} weights, {bias}; {acc}"
-
-
-def _bits(w: np.ndarray) -> int:
-    top = int(max(-w.min(initial=0), w.max(initial=0)))
-    return max(2, top.bit_length() + 1)
-
-
-def _norm_text(name: str, c: LayerNormConstants) -> str:
-    out = f"{c.out.qmax.bit_length()}-bit codes" + (f" per token [{c.out.m.size}]" if c.out.m.size > 1 else "")
-    outliers = f", outliers |acc| > {c.outlier_threshold} -> int16" if c.has_outliers else ""
-    return f"{name:<22} layernorm C={c.channels}, isqrt, F={c.frac_bits} -> {out}{outliers}"
-
-
-def _softmax_text(name: str, c: SoftmaxConstants) -> str:
-    kind = {UniformOutput: "uniform", LogOutput: "log (Q30 thresholds)", StepOutput: "step table (Q30)"}
-    return f"{name:<22} softmax: integer exp2 (Q30), one reciprocal per row -> {kind[type(c.out)]} codes"
-
-
 def describe(program: IntegerProgram) -> str:
-    """A readable op listing: one line per op with its formats, rules and proven bounds."""
+    """A readable op listing: one line per op (name, output tensors with their format and shape, and the
+    op's formats, rules and proven bounds)."""
     p = program
-    dim = p.cls_code.size
-    lines = [f"IntegerProgram: {len(p.blocks)} blocks, {p.tokens} tokens, width {dim}, "
-             f"{p.logit_scale.size} classes, residual int{RESIDUAL_BITS}",
-             f"{'input':<22} image -> uniform codes (scale {p.image_scale:.6g}, zp {p.image_zero_point}, "
-             f"max {p.image_qmax}), {p.patch}x{p.patch} patches",
-             _gemm_text("patch_embed", p.embed),
-             f"{'embed_to_res':<22} {_rule(p.embed_to_res)}; + position codes, class token code"]
-    for i, b in enumerate(p.blocks):
-        n = f"blocks.{i}."
-        lines += [_norm_text(n + "norm1", b.norm1), _gemm_text(n + "attn.qkv", b.qkv),
-                  f"{n + 'attn.to_q/k/v':<22} {_rule(b.to_q)}",
-                  f"{n + 'attn.qk':<22} Q.K^T x {b.heads} heads: {_operand_text(b.qk.operand)}; "
-                  f"|acc| <= {b.qk.acc_max}",
-                  _softmax_text(n + "attn.softmax", b.softmax),
-                  f"{n + 'attn.pv':<22} P.V: {_operand_text(b.pv.operand)}; |acc| <= {b.pv.acc_max}"
-                  + (", saturated" if b.pv.saturated else ""),
-                  f"{n + 'attn.to_proj_in':<22} {_rule(b.to_proj_in)}",
-                  _gemm_text(n + "attn.proj", b.proj),
-                  f"{n + 'residual add':<22} {_rule(b.res_to_mid)} + {_rule(b.attn_to_res)}",
-                  _norm_text(n + "norm2", b.norm2), _gemm_text(n + "mlp.fc1", b.fc1),
-                  f"{n + 'mlp.to_gelu':<22} {_rule(b.to_gelu)}",
-                  f"{n + 'mlp.gelu':<22} step table, {b.gelu.thresholds.size} breakpoints -> codes "
-                  f"[{int(b.gelu.codes.min())}, {int(b.gelu.codes.max())}]",
-                  _gemm_text(n + "mlp.fc2", b.fc2),
-                  f"{n + 'residual add':<22} {_rule(b.mid_to_out)} + {_rule(b.mlp_to_res)}"]
-    lines += [_norm_text("norm", p.norm) + " (class token only)", _gemm_text("head", p.head),
-              f"{'logits':<22} accumulator x float scale per class (reporting only)"]
+    verified = sum(t.verified for t in p.tensors)
+    lines = [f"IntegerProgram ({p.model}): {len(p.ops)} ops, {len(p.tensors)} tensors ({verified} verified), "
+             f"{p.logit_scale.size} classes, residual int{RESIDUAL_BITS}"]
+    for op in p.ops:
+        outs = ", ".join(f"{n} [{p.tensor(n).rows}x{p.tensor(n).cols} {p.tensor(n).format}]" for n in op_outputs(op)
+                         if p.tensor(n).format != OUTLIERS.name)
+        lines.append(f"{op.name:<28} {type(op).__name__.lower()} -> {outs}: {op.describe()}")
+    lines.append(f"{'logits':<28} {p.logits} x float scale per class (reporting only)")
     return "\n".join(lines)

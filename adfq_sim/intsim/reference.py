@@ -2,7 +2,8 @@
 
 This module fixes the semantics; `kernels` implements the same functions with Numba and int32
 accumulators, and the tests hold the two equal. Results here are exact int64 values: a kernel can only
-match them when `bounds` proved that every partial sum fits int32 (DESIGN item 6).
+match them when `bounds` proved that every partial sum fits int32 (a layer that could overflow is
+refused at export, never left to wrap).
 
 Operands (all integer codes with their zero-points already subtracted):
   A [M, K] or [G, M, K] left operand (activations); W [N, K] shared weights, or [G, N, K] one right
@@ -10,19 +11,19 @@ Operands (all integer codes with their zero-points already subtracted):
 
 Dense GEMM:        acc[m, n] = sum_k A[m, k] * W[n, k] + bias[n]
 
-Log-shift GEMM (DESIGN item 4: a log activation multiplies by shifting, never by a float). P holds log
-codes, code q meaning delta * base**(-q) and the zero code (2**bits - 1) meaning zero; B [N, K] signed;
-E fraction bits, fixed at export, keep the shifted-out bits. acc approximates sum_k value(P) * B in
-units of delta * 2**-E, each term rounded down (q = P[m, k], zero codes contribute nothing):
-  base 2:      acc = sum_k floor(B[n,k] * 2**E / 2**q) + bias[n]
-  base sqrt2:  q = 2j + r. acc_even = sum over even q of floor(B[n,k] * 2**E / 2**j),
-               acc_odd  = the same sum over odd q, and
-               acc = acc_even + requantize(acc_odd, *INV_SQRT2) + bias[n]
-               (the dyadic rule of `dyadic.py`, round half up, applied once per accumulator).
+Log-shift GEMM (a log activation multiplies by shifting, never by a float). P holds log codes of
+base 2**(1/R) (R = `formats.LOG_BASES[base]`: 1 for base 2, 2 for sqrt2), code q meaning
+delta * 2**(-q/R) and the zero code (2**bits - 1) meaning zero; B [N, K] signed; E fraction bits, fixed
+at export, keep the shifted-out bits. acc approximates sum_k value(P) * B in units of delta * 2**-E,
+each term rounded down (zero codes contribute nothing). With q = R j + r (0 <= r < R):
+  acc_r = sum over codes with remainder r of floor(B[n,k] * 2**E / 2**j)
+  acc   = acc_0 + sum over r >= 1 of requantize(acc_r, *root_rules(R)[r]) + bias[n]
+  (the dyadic rule of `dyadic.py`, round half up, applied once per accumulator: for base 2 acc = acc_0;
+  for sqrt2 acc = acc_even + requantize(acc_odd, 1/sqrt2)).
   floor(b * 2**E / 2**j) is (b << E) >> j with an arithmetic shift; shift counts are capped at 63 here
   (31 in the int32 kernels), which changes nothing: past that the result is already 0 or -1.
 
-Sparse outlier path (DESIGN item 5, PPOQ): outliers are (row t, column c, int16 code o) on the
+Sparse outlier path (PPOQ): outliers are (row t, column c, int16 code o) on the
 token's step / 2**shift; the dense A holds 0 there. With the dense products on the coarser step:
   acc = ((A @ W^T) << shift) + sum over outliers of o * W[n, c] (into row t) + bias[n]
 The bias is added last, at the scale of the final accumulator (step * 2**-shift * weight scale).
@@ -40,15 +41,14 @@ Twin-uniform operands (PTQ4ViT): codes of b bits, H = 2**(b-1), two uniform rang
 
 from __future__ import annotations
 
-import math
+from functools import lru_cache
 
 import numpy as np
 
+from adfq_sim.formats import LOG_BASES
 from adfq_sim.intsim.dyadic import dyadic, requantize
 
 SATURATION = (1 << 31) - 1  # a saturated accumulator is clamped to [-SATURATION, SATURATION]
-INV_SQRT2 = dyadic(math.sqrt(0.5))  # (m, s): the sqrt2 constant applied once to the odd accumulator
-LOG_BASES = ("2", "sqrt2")  # the LogQuantizer base names
 _I16, _I32, _I64 = np.iinfo(np.int16), np.iinfo(np.int32), np.iinfo(np.int64)
 
 
@@ -73,9 +73,17 @@ def check_bias(bias: np.ndarray | None, n: int) -> None:
         raise ValueError(f"bias values outside int32: [{bias.min()}, {bias.max()}]")
 
 
+@lru_cache(maxsize=None)
+def root_rules(roots: int) -> tuple[np.ndarray, np.ndarray]:
+    """(m, s) int64 [R]: entry r >= 1 is the dyadic rule of 2**(-r/R), the weight of log accumulator r
+    (entry 0, the unshifted accumulator, is unused)."""
+    rules = [(0, 0)] + [dyadic(2.0 ** (-r / roots)) for r in range(1, roots)]
+    return np.array([m for m, _ in rules], np.int64), np.array([s for _, s in rules], np.int64)
+
+
 def check_log_args(p: np.ndarray, e: int, base: str, zero_code: int) -> None:
     if base not in LOG_BASES:
-        raise ValueError(f"unknown log base {base!r}; expected one of {LOG_BASES}")
+        raise ValueError(f"unknown log base {base!r}; expected one of {sorted(LOG_BASES)}")
     if not 0 <= e <= 31:
         raise ValueError(f"fraction bits E must be in 0..31, got {e}")
     if p.dtype != np.uint8 or not 1 <= zero_code <= 255:
@@ -111,19 +119,19 @@ def log_shift_gemm(p: np.ndarray, b: np.ndarray, e: int, base: str, zero_code: i
     groups, m, n, _ = gemm_shapes(p, b)
     check_log_args(p, e, base, zero_code)
     p3, b3 = p.reshape(groups, m, -1), b.reshape(-1, n, b.shape[-1])
+    roots = LOG_BASES[base]
+    rule_m, rule_s = root_rules(roots)
     acc = np.zeros((groups, m, n), dtype=np.int64)
     for g in range(groups):
         scaled = b3[g if b3.shape[0] > 1 else 0].astype(np.int64) << e  # [N, K]
         for i in range(m):
             q = p3[g, i].astype(np.int64)
             live = q != zero_code
-            if base == "2":
-                acc[g, i] = (np.right_shift(scaled, np.minimum(q, 63)) * live).sum(axis=1)
-            else:
-                terms = np.right_shift(scaled, np.minimum(q >> 1, 63))
-                even = (terms * (live & (q % 2 == 0))).sum(axis=1)
-                odd = (terms * (live & (q % 2 == 1))).sum(axis=1)
-                acc[g, i] = even + requantize(odd, *INV_SQRT2, _I64.min, _I64.max)
+            terms = np.right_shift(scaled, np.minimum(q // roots, 63))
+            acc[g, i] = (terms * (live & (q % roots == 0))).sum(axis=1)
+            for r in range(1, roots):
+                part = (terms * (live & (q % roots == r))).sum(axis=1)
+                acc[g, i] += requantize(part, rule_m[r], rule_s[r], _I64.min, _I64.max)
     return _with_bias(acc.reshape(*p.shape[:-1], n), bias)
 
 

@@ -18,11 +18,11 @@ import math
 import torch
 from torch import nn
 
+from adfq_sim.formats import OUTLIER_MAX, OUTLIER_MIN
 from adfq_sim.quant.observers import SEARCH_PERCENTILES, best_range_per_row, uniform_params
 from adfq_sim.quant.quantizers import Quantizer
 from adfq_sim.quant.rounding import round_ste
 
-OUTLIER_CODE_MIN, OUTLIER_CODE_MAX = -(1 << 15), (1 << 15) - 1  # int16 outlier codes
 # The outlier sub-step shift is the largest that keeps OUTLIER_HEADROOM times the largest calibration
 # magnitude inside int16 on the finest token step, capped at MAX_OUTLIER_SHIFT.
 OUTLIER_HEADROOM = 4.0
@@ -86,7 +86,7 @@ class PerPatchOutlierQuantizer(Quantizer):
         self.zero_point = zero_point.reshape(shape)
         self.calib_outlier_ratio = self._calib_counts[0] / self._calib_counts[1]
         magnitude = max(self._calib_max_abs, self.alpha) * OUTLIER_HEADROOM
-        fits = math.floor(math.log2(OUTLIER_CODE_MAX * float(scale.min()) / magnitude))
+        fits = math.floor(math.log2(OUTLIER_MAX * float(scale.min()) / magnitude))
         self.outlier_shift = int(min(MAX_OUTLIER_SHIFT, max(0, fits)))
         self._samples = []
 
@@ -112,7 +112,7 @@ class PerPatchOutlierQuantizer(Quantizer):
 
     def outlier_codes(self, x: torch.Tensor) -> torch.Tensor:
         """int16 codes of every element on its token's outlier step (only meaningful where outlier_mask)."""
-        return round_ste(torch.clamp(x / self.outlier_step(), OUTLIER_CODE_MIN, OUTLIER_CODE_MAX))
+        return round_ste(torch.clamp(x / self.outlier_step(), OUTLIER_MIN, OUTLIER_MAX))
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         """Dense codes where |x| <= alpha, the sparse outlier path elsewhere; counts the outliers."""
@@ -138,6 +138,6 @@ class PerPatchOutlierQuantizer(Quantizer):
             "alpha": self.alpha,
             "outliers": self.outliers,
             "outlier_shift": self.outlier_shift,
-            "outlier_code_min": OUTLIER_CODE_MIN,
-            "outlier_code_max": OUTLIER_CODE_MAX,
+            "outlier_code_min": OUTLIER_MIN,
+            "outlier_code_max": OUTLIER_MAX,
         }

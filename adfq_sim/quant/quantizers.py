@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from adfq_sim.formats import LOG_BASES, log2_of_base
 from adfq_sim.quant.observers import SEARCH_PERCENTILES, Observer, SampleObserver, uniform_params
 from adfq_sim.quant.rounding import round_ste
 
@@ -138,7 +139,6 @@ class UniformQuantizer(Quantizer):
 # the shift then take the zero code, an error below 1e-4.)
 GELU_MINIMUM = -0.16997120747990366
 
-LOG_BASES = {"sqrt2": 0.5, "2": 1.0}  # base name -> log2 of the base
 LOG_GRID_PHASES = 4  # delta search: sub-step shifts of the log grid tried per clip candidate
 
 
@@ -164,7 +164,7 @@ class LogQuantizer(Quantizer):
         if delta_init not in ("max", "search"):
             raise ValueError(f"unknown delta_init {delta_init!r}")
         self.base, self.shift, self.delta_init = base, float(shift), delta_init
-        self.log2_base = LOG_BASES[base]
+        self.log2_base = log2_of_base(base)
         self.delta = nn.Parameter(torch.ones(()), requires_grad=False)
         self.observer: SampleObserver | None = SampleObserver()
 
