@@ -14,21 +14,12 @@ from pathlib import Path
 from typing import Optional, Union
 
 from adfq_sim.errors import UserInputError
+from adfq_sim.models.options import ModelConfig, check_model
 from adfq_sim.schema import build_dataclass, check_choice, read_yaml_mapping
 
 BITS_PATTERN = re.compile(r"^w([2-8])a([2-8])$")
 DATA_KINDS = ("demo", "imagefolder", "random")
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 DEFAULT_RANDOM_EVAL_IMAGES = 64
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "demo"
-    checkpoint: Optional[str] = None
-    random_init: bool = False
-    num_classes: Optional[int] = None
-    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,29 +140,12 @@ def parse_bits(text: str, where: str = "quant.bits") -> tuple[int, int]:
 
 def _validate(cfg: Config) -> None:
     """Semantic checks that the types alone cannot express (files exist, names are known, ranges)."""
-    from adfq_sim.models.loading import check_model_name
     from adfq_sim.quant.recipes import METHODS
 
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", cfg.name):
         raise UserInputError(f"name: {cfg.name!r} must be a plain folder name (letters, digits, . _ -)")
     m, d, q = cfg.model, cfg.data, cfg.quant
-    check_model_name(m.name)
-    if m.checkpoint is not None:
-        path = Path(m.checkpoint)
-        if path.suffix not in CHECKPOINT_SUFFIXES:
-            raise UserInputError(f"model.checkpoint: {m.checkpoint} must end in one of {', '.join(CHECKPOINT_SUFFIXES)}")
-        if not path.is_file():
-            raise UserInputError(f"model.checkpoint: file not found: {m.checkpoint}")
-        if m.random_init:
-            raise UserInputError("model.random_init: cannot be true together with model.checkpoint")
-    elif m.name != "demo" and not m.random_init:
-        raise UserInputError(
-            f"model.checkpoint: required for timm model {m.name!r} (weights are never downloaded); "
-            "or set model.random_init: true")
-    if m.num_classes is not None and m.num_classes < 1:
-        raise UserInputError(f"model.num_classes: must be >= 1, got {m.num_classes}")
-    if m.name == "demo" and m.kwargs:
-        raise UserInputError("model.kwargs: the demo model's architecture is fixed; kwargs apply to timm models")
+    check_model(m)
 
     check_choice(d.kind, DATA_KINDS, "data.kind")
     if d.kind == "imagefolder":

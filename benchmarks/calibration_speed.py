@@ -19,9 +19,10 @@ import time
 import timm
 import torch
 
-from adfq_sim.config import AdfqConfig, ModelConfig, QuantConfig
+from adfq_sim.config import AdfqConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.asmo import AsmoSettings, _capture, _inputs, optimize_unit, resolve_device
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.model import QuantModel

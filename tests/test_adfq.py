@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adfq_sim.config import AdfqConfig, ModelConfig, QuantConfig
+from adfq_sim.config import AdfqConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.adaround import AdaRoundWeight
 from adfq_sim.quant.quantizers import GELU_MINIMUM
 from adfq_sim.quant.asmo import AsmoSettings, _capture, _inputs, asmo_units, optimize_unit

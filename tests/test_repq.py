@@ -11,10 +11,11 @@ import timm
 import torch
 from torch import nn
 
-from adfq_sim.config import ModelConfig, QuantConfig, load_config
+from adfq_sim.config import QuantConfig, load_config
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.errors import UserInputError
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.pipeline import run_experiment
 from adfq_sim.quant.observers import MinMaxObserver, uniform_mse
 from adfq_sim.quant.quantizers import UniformQuantizer
