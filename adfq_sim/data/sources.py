@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from adfq_sim.config import DEFAULT_RANDOM_EVAL_IMAGES, DataConfig
+from adfq_sim.data.options import DEFAULT_RANDOM_EVAL_IMAGES, DataConfig
 from adfq_sim.errors import UserInputError
 
 Batch = tuple[torch.Tensor, Optional[torch.Tensor]]
