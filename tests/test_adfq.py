@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adfq_sim.config import AdfqConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.models.loading import load_model
 from adfq_sim.models.options import ModelConfig
@@ -16,6 +15,7 @@ from adfq_sim.quant.adaround import AdaRoundWeight
 from adfq_sim.quant.quantizers import GELU_MINIMUM
 from adfq_sim.quant.asmo import AsmoSettings, _capture, _inputs, asmo_units, optimize_unit
 from adfq_sim.quant.model import QuantModel
+from adfq_sim.quant.options import AdfqConfig, QuantConfig
 from adfq_sim.quant.ppoq import OUTLIER_CODE_MAX, PerPatchOutlierQuantizer
 from adfq_sim.quant.quantizers import LogQuantizer, UniformQuantizer
 from adfq_sim.quant.recipes import build_recipe, spec

@@ -10,9 +10,9 @@ import pytest
 import timm
 import torch
 
-from adfq_sim.config import QuantConfig
 from adfq_sim.intsim.export import export
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.options import QuantConfig
 from adfq_sim.quant.recipes import build_recipe
 from hw_models.cost import COMPONENTS, cost
 from hw_models.spec import load_spec, preset_names

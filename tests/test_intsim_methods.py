@@ -19,7 +19,6 @@ import torch
 
 from conftest import demo_calibration
 
-from adfq_sim.config import QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.execute_reference import run_reference
@@ -30,6 +29,7 @@ from adfq_sim.intsim.verify import total_mismatches, verify
 from adfq_sim.models.loading import load_model
 from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.options import QuantConfig
 from adfq_sim.quant.recipes import METHODS, build_recipe
 
 CALIB_IMAGES, IMAGES = 32, 24

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from adfq_sim.config import QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.intsim.bounds import INT32_MAX
 from adfq_sim.intsim.execute_reference import run_reference
@@ -23,6 +22,7 @@ from adfq_sim.intsim.program import UnsupportedProgramError, describe, load_prog
 from adfq_sim.models.loading import load_model
 from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.options import QuantConfig
 from adfq_sim.quant.recipes import build_recipe, spec, uniform_everywhere
 
 IMAGES = 450  # the whole test split

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from adfq_sim.config import AdfqConfig, Ptq4vitConfig, QuantConfig, load_config
+from adfq_sim.config import load_config
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.models.loading import load_model
 from adfq_sim.models.options import ModelConfig
 from adfq_sim.pipeline import run_experiment
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.options import AdfqConfig, Ptq4vitConfig, QuantConfig
 from adfq_sim.quant.recipes import METHODS, build_recipe
 from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
 

@@ -13,12 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from adfq_sim.config import Ptq4vitConfig, QuantConfig, load_config
+from adfq_sim.config import load_config
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.errors import UserInputError
 from adfq_sim.models.loading import load_model
 from adfq_sim.models.options import ModelConfig
 from adfq_sim.pipeline import run_experiment
+from adfq_sim.quant.options import Ptq4vitConfig, QuantConfig
 from adfq_sim.quant.quantizers import GELU_MINIMUM
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.modules import QuantConv2d, QuantLinear

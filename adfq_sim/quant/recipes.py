@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from adfq_sim.config import QuantConfig
 from adfq_sim.quant.observers import (SEARCH_PERCENTILES, ChannelMSEObserver, MinMaxObserver, PercentileMseObserver,
                                      PercentileObserver)
+from adfq_sim.quant.options import QuantConfig
 from adfq_sim.quant.ppoq import PerPatchOutlierQuantizer
 from adfq_sim.quant.quantizers import GELU_MINIMUM, LogQuantizer, Quantizer, UniformQuantizer
 from adfq_sim.quant.twin_uniform import TwinUniformQuantizer
