@@ -29,9 +29,9 @@ from adfq_sim.intsim.program import IntegerProgram, UnsupportedProgramError, des
 from adfq_sim.intsim.verify import LayerReport, format_table, total_mismatches, verify
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.options import parse_bits
-from adfq_sim.quant.recipes import build_recipe
 
 log = logging.getLogger("adfq_sim")
 

@@ -14,11 +14,12 @@ from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.adaround import AdaRoundWeight
 from adfq_sim.quant.quantizers import GELU_MINIMUM
 from adfq_sim.quant.asmo import AsmoSettings, _capture, _inputs, asmo_units, optimize_unit
+from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.options import AdfqConfig, QuantConfig
 from adfq_sim.quant.ppoq import OUTLIER_CODE_MAX, PerPatchOutlierQuantizer
 from adfq_sim.quant.quantizers import LogQuantizer, UniformQuantizer
-from adfq_sim.quant.recipes import build_recipe, spec
+from adfq_sim.quant.recipes import spec
 from conftest import calibrated
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from adfq_sim.config import Config, load_config
 from adfq_sim.errors import UserInputError
+from adfq_sim.quant.methods import METHODS
 from adfq_sim.quant.options import METHOD_NAMES, QuantConfig, parse_bits
-from adfq_sim.quant.recipes import METHODS
 from conftest import write_config
 
 

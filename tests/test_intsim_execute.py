@@ -21,8 +21,8 @@ from adfq_sim.intsim.execute_reference import REFERENCE_OPS, run_reference
 from adfq_sim.intsim.export import export
 from adfq_sim.intsim.program import Requant
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.options import QuantConfig
-from adfq_sim.quant.recipes import build_recipe
 
 CALIB_IMAGES, IMAGES = 32, 64
 

@@ -29,8 +29,8 @@ from adfq_sim.intsim.verify import total_mismatches, verify
 from adfq_sim.models.loading import load_model
 from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.methods import METHODS, build_recipe
 from adfq_sim.quant.options import QuantConfig
-from adfq_sim.quant.recipes import METHODS, build_recipe
 
 CALIB_IMAGES, IMAGES = 32, 24
 QUANT = QuantConfig(

@@ -22,8 +22,9 @@ from adfq_sim.intsim.program import UnsupportedProgramError, describe, load_prog
 from adfq_sim.models.loading import load_model
 from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.options import QuantConfig
-from adfq_sim.quant.recipes import build_recipe, spec, uniform_everywhere
+from adfq_sim.quant.recipes import spec, uniform_everywhere
 
 IMAGES = 450  # the whole test split
 

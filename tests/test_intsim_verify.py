@@ -20,8 +20,8 @@ from adfq_sim.intsim.verify import format_table, total_mismatches, verify
 from adfq_sim.models.loading import load_model
 from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.options import QuantConfig
-from adfq_sim.quant.recipes import build_recipe
 
 IMAGES = 64
 

@@ -15,8 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from adfq_sim.intsim.export import export
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.options import QuantConfig
-from adfq_sim.quant.recipes import build_recipe
 from hw_models.workload import workload
 
 

@@ -3,7 +3,7 @@ options, and their checks.
 
 Every method's options sit here, in one module without torch, so that loading a config stays cheap
 (the method modules need torch) and the method names the config accepts are listed once;
-`quant.recipes` maps each name to its recipe builder.
+`adfq_sim.quant.methods` maps each name to its recipe builder.
 """
 
 from __future__ import annotations
