@@ -3,114 +3,25 @@
 Every key has a default, so a YAML file holding only `hardware:` is a complete config. Unknown keys
 are errors with a did-you-mean; a wrong type names the field. Relative paths are taken from the
 current working directory.
+
+Each part of the program owns its section and that section's checks (`models.options`,
+`data.options`, `quant.options`, and `hw_models.spec` for `hardware:`); this module composes them,
+so they never import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
-import yaml
-
+from adfq_sim.data.options import DataConfig, check_data
 from adfq_sim.errors import UserInputError
-
-BITS_PATTERN = re.compile(r"^w([2-8])a([2-8])$")
-DATA_KINDS = ("demo", "imagefolder", "random")
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
-DEFAULT_RANDOM_EVAL_IMAGES = 64
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "demo"
-    checkpoint: Optional[str] = None
-    random_init: bool = False
-    num_classes: Optional[int] = None
-    kwargs: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    kind: str = "demo"
-    root: Optional[str] = None
-    calib_split: str = "train"
-    eval_split: str = "val"
-    calib_images: int = 128
-    eval_images: Optional[int] = None
-    batch_size: int = 64
-    crop_pct: Optional[float] = None
-    mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
-
-
-@dataclass(frozen=True)
-class PercentileConfig:
-    percentile: float = 99.99
-
-
-@dataclass(frozen=True)
-class Ptq4vitConfig:
-    """PTQ4ViT's Hessian-guided search: scale candidates alpha..beta times the max-based scale."""
-    candidates: int = 100
-    rounds: int = 3
-    alpha: float = 0.01
-    beta: float = 1.2
-    hessian: bool = True
-    images: Optional[int] = 32
-
-
-# ASMO settings per profile; explicit quant.adfq.asmo_* keys override them. `paper` is the reference
-# implementation's protocol (1024 images, batch 32, 3000 iterations per module, Adam lr 3e-3 for the
-# rounding and 4e-5 for the steps); `fast` keeps the demo run short, with larger learning rates so
-# that 200 iterations still converge.
-ASMO_PROFILES = {
-    "fast": {"asmo_iters": 200, "asmo_images": 128, "asmo_batch_size": 32,
-             "asmo_lr_weight": 1e-2, "asmo_lr_act": 1e-3},
-    "paper": {"asmo_iters": 3000, "asmo_images": 1024, "asmo_batch_size": 32,
-              "asmo_lr_weight": 3e-3, "asmo_lr_act": 4e-5},
-}
-
-
-@dataclass(frozen=True)
-class AdfqConfig:
-    ppoq: bool = True
-    slq: bool = True
-    asmo: bool = True
-    alpha_qkv: float = 5.0
-    alpha_fc1: float = 5.0
-    outliers: str = "int16"
-    log_base: str = "sqrt2"
-    profile: str = "fast"
-    asmo_iters: Optional[int] = None
-    asmo_images: Optional[int] = None
-    asmo_batch_size: Optional[int] = None
-    asmo_lr_weight: Optional[float] = None
-    asmo_lr_act: Optional[float] = None
-    asmo_round_reg: float = 0.01
-    asmo_kl_weight: float = 10.0
-    asmo_kl_temperature: float = 4.0
-    asmo_drop_prob: float = 0.5
-    device: str = "auto"
-
-    def asmo_setting(self, key: str) -> float:
-        """An ASMO setting that has a profile default: the explicit value, else the profile's."""
-        value = getattr(self, key)
-        return ASMO_PROFILES[self.profile][key] if value is None else value
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    methods: list[str] = field(default_factory=lambda: ["minmax", "percentile", "ptq4vit", "repq", "adfq"])
-    bits: list[str] = field(default_factory=lambda: ["w8a8", "w6a6", "w4a4"])
-    percentile: PercentileConfig = field(default_factory=PercentileConfig)
-    ptq4vit: Ptq4vitConfig = field(default_factory=Ptq4vitConfig)
-    adfq: AdfqConfig = field(default_factory=AdfqConfig)
+from adfq_sim.models.options import ModelConfig, check_model
+from adfq_sim.quant.options import QuantConfig, check_quant
+from adfq_sim.schema import build_dataclass, check_choice, read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -143,154 +54,19 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def parse_bits(text: str, where: str = "quant.bits") -> tuple[int, int]:
-    """'w4a8' -> (4, 8); weight and activation bits each in 2..8."""
-    match = BITS_PATTERN.match(text) if isinstance(text, str) else None
-    if not match:
-        raise UserInputError(f"{where}: {text!r} is not a bit-width like 'w4a4' (weights and activations 2-8 bits)")
-    return int(match.group(1)), int(match.group(2))
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
-        return "mapping"
-    return {type(None): "null", dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`; return it in the schema's form."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, where)
-            except UserInputError:
-                continue
-        raise UserInputError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return build_dataclass(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserInputError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    ok = {
-        type(None): value is None,
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-        dict: isinstance(value, dict),
-    }[tp]
-    if not ok:
-        raise UserInputError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    return float(value) if tp is float else value
-
-
-def build_dataclass(cls: type, data: Any, where: str) -> Any:
-    """A frozen-dataclass schema filled from a YAML mapping: unknown keys (with a did-you-mean) and wrong
-    types are UserInputErrors naming the field (`where` is its dotted path)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserInputError(f"{where or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in known:
-            guess = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-            hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known keys: {', '.join(known)})"
-            raise UserInputError(f"{path}: unknown key{hint}")
-        values[key] = _coerce(value, hints[key], path)
-    return cls(**values)
-
-
-def check_choice(value: str, choices: typing.Iterable[str], where: str) -> None:
-    choices = list(choices)
-    if value not in choices:
-        guess = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
-        hint = f"did you mean '{guess[0]}'?" if guess else f"expected one of: {', '.join(choices)}"
-        raise UserInputError(f"{where}: unknown value {value!r} ({hint})")
-
-
 def _validate(cfg: Config) -> None:
     """Semantic checks that the types alone cannot express (files exist, names are known, ranges)."""
-    from adfq_sim.models.loading import check_model_name
-    from adfq_sim.quant.recipes import METHODS
-
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", cfg.name):
         raise UserInputError(f"name: {cfg.name!r} must be a plain folder name (letters, digits, . _ -)")
     m, d, q = cfg.model, cfg.data, cfg.quant
-    check_model_name(m.name)
-    if m.checkpoint is not None:
-        path = Path(m.checkpoint)
-        if path.suffix not in CHECKPOINT_SUFFIXES:
-            raise UserInputError(f"model.checkpoint: {m.checkpoint} must end in one of {', '.join(CHECKPOINT_SUFFIXES)}")
-        if not path.is_file():
-            raise UserInputError(f"model.checkpoint: file not found: {m.checkpoint}")
-        if m.random_init:
-            raise UserInputError("model.random_init: cannot be true together with model.checkpoint")
-    elif m.name != "demo" and not m.random_init:
-        raise UserInputError(
-            f"model.checkpoint: required for timm model {m.name!r} (weights are never downloaded); "
-            "or set model.random_init: true")
-    if m.num_classes is not None and m.num_classes < 1:
-        raise UserInputError(f"model.num_classes: must be >= 1, got {m.num_classes}")
-    if m.name == "demo" and m.kwargs:
-        raise UserInputError("model.kwargs: the demo model's architecture is fixed; kwargs apply to timm models")
-
-    check_choice(d.kind, DATA_KINDS, "data.kind")
-    if d.kind == "imagefolder":
-        if d.root is None:
-            raise UserInputError("data.root: required when data.kind is imagefolder")
-        for key in ("calib_split", "eval_split"):
-            folder = Path(d.root) / getattr(d, key)
-            if not folder.is_dir():
-                raise UserInputError(f"data.{key}: folder not found: {folder}")
-        if d.crop_pct is not None and not 0.0 < d.crop_pct <= 1.0:
-            raise UserInputError(f"data.crop_pct: must be in (0, 1], got {d.crop_pct}")
-        for key in ("mean", "std"):
-            values = getattr(d, key)
-            if values is not None and (not values or (key == "std" and min(values) <= 0)):
-                raise UserInputError(f"data.{key}: expected one value per channel{' (> 0)' if key == 'std' else ''}, got {values}")
-    else:
-        for key in ("root", "crop_pct", "mean", "std"):
-            if getattr(d, key) is not None:
-                raise UserInputError(f"data.{key}: only used with data.kind imagefolder (kind is {d.kind})")
-    if d.kind == "demo" and m.name != "demo":
-        raise UserInputError(f"data.kind: the demo data is 8x8 digits for the demo model; "
-                             f"use imagefolder or random with {m.name!r}")
-    for key in ("calib_images", "eval_images", "batch_size"):
-        value = getattr(d, key)
-        if value is not None and value < 1:
-            raise UserInputError(f"data.{key}: must be >= 1, got {value}")
-
-    if not q.methods:
-        raise UserInputError("quant.methods: at least one method is required")
-    for i, method in enumerate(q.methods):
-        check_choice(method, METHODS, f"quant.methods[{i}]")
-    for i, bits in enumerate(q.bits):
-        parse_bits(bits, f"quant.bits[{i}]")
-    for key, values in (("methods", q.methods), ("bits", q.bits)):
-        if len(set(values)) != len(values):
-            raise UserInputError(f"quant.{key}: duplicate entries in {values}")
-    if not 50.0 < q.percentile.percentile <= 100.0:
-        raise UserInputError(f"quant.percentile.percentile: must be in (50, 100], got {q.percentile.percentile}")
-
-    _validate_ptq4vit(q.ptq4vit)
-    _validate_adfq(q.adfq, d)
+    check_model(m)
+    check_data(d, m.name)
+    check_quant(q, d.calib_images)
     if cfg.verify.images < 1:
         raise UserInputError(f"verify.images: must be >= 1, got {cfg.verify.images}")
     _validate_report(cfg.report, q)
 
-    from hw_models.spec import load_specs
+    from hw_models.spec import load_specs  # here: hw_models imports numpy; importing config stays cheap
 
     load_specs(cfg.hardware)  # preset names, spec files or inline specs (one or a list): validated here
 
@@ -310,58 +86,6 @@ def _validate_report(r: ReportConfig, q: QuantConfig) -> None:
         method, bits = parse_focus(r.focus)
         check_choice(method, tuple(q.methods), "report.focus (method)")
         check_choice(bits, tuple(q.bits), "report.focus (bits)")
-
-
-def _validate_ptq4vit(p: Ptq4vitConfig) -> None:
-    for key, low in (("candidates", 1), ("rounds", 0), ("images", 1)):
-        value = getattr(p, key)
-        if value is not None and value < low:
-            raise UserInputError(f"quant.ptq4vit.{key}: must be >= {low}, got {value}")
-    if not 0.0 < p.alpha < p.beta:
-        raise UserInputError(f"quant.ptq4vit.alpha, beta: need 0 < alpha < beta, got {p.alpha}, {p.beta}")
-
-
-def _validate_adfq(a: AdfqConfig, d: DataConfig) -> None:
-    check_choice(a.outliers, ("int16", "float"), "quant.adfq.outliers")
-    check_choice(a.log_base, ("sqrt2", "2"), "quant.adfq.log_base")
-    check_choice(a.profile, tuple(ASMO_PROFILES), "quant.adfq.profile")
-    check_choice(a.device, ("auto", "cpu", "cuda"), "quant.adfq.device")
-    for key in ("alpha_qkv", "alpha_fc1", "asmo_lr_weight", "asmo_lr_act", "asmo_kl_temperature"):
-        if getattr(a, key) is not None and not getattr(a, key) > 0:
-            raise UserInputError(f"quant.adfq.{key}: must be > 0, got {getattr(a, key)}")
-    for key in ("asmo_round_reg", "asmo_kl_weight"):
-        if getattr(a, key) < 0:
-            raise UserInputError(f"quant.adfq.{key}: must be >= 0, got {getattr(a, key)}")
-    if not 0.0 <= a.asmo_drop_prob <= 1.0:
-        raise UserInputError(f"quant.adfq.asmo_drop_prob: must be in [0, 1], got {a.asmo_drop_prob}")
-    for key, low in (("asmo_iters", 0), ("asmo_images", 1), ("asmo_batch_size", 1)):
-        value = getattr(a, key)
-        if value is not None and value < low:
-            raise UserInputError(f"quant.adfq.{key}: must be >= {low}, got {value}")
-    if a.asmo_images is not None and a.asmo_images > d.calib_images:
-        raise UserInputError(f"quant.adfq.asmo_images: {a.asmo_images} exceeds data.calib_images "
-                             f"({d.calib_images}); ASMO reconstructs on calibration images")
-    if a.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserInputError("quant.adfq.device: cuda requested but no GPU is available")
-
-
-def read_yaml_mapping(path: Path, what: str) -> dict:
-    """The YAML mapping in `path` (empty file: {}); a missing file or bad YAML is a UserInputError."""
-    if not path.is_file():
-        raise UserInputError(f"{what} file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserInputError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise UserInputError(f"{path}: the {what} must be a YAML mapping")
-    return raw
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:

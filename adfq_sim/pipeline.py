@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from adfq_sim.config import Config, parse_bits
+from adfq_sim.config import Config
 from adfq_sim.data.sources import DataSource, build_data_source
 from adfq_sim.distributions import capture, quantizer_forms
 from adfq_sim.environment import environment
@@ -20,7 +20,8 @@ from adfq_sim.evaluate import agreement, collect_logits, fmt, sqnr_db, top1
 from adfq_sim.intsim.program import IntegerProgram
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.recipes import build_recipe
+from adfq_sim.quant.methods import build_recipe
+from adfq_sim.quant.options import parse_bits
 from adfq_sim.rundir import RESULTS_SCHEMA_VERSION, atomic_run_dir
 from adfq_sim.verification import IntegerRun
 from hw_models.cost import cost

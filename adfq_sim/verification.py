@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adfq_sim.config import Config, parse_bits
+from adfq_sim.config import Config
 from adfq_sim.data.sources import build_data_source
 from adfq_sim.errors import UserInputError
 from adfq_sim.evaluate import agreement, fmt, top1
@@ -29,8 +29,9 @@ from adfq_sim.intsim.program import IntegerProgram, UnsupportedProgramError, des
 from adfq_sim.intsim.verify import LayerReport, format_table, total_mismatches, verify
 from adfq_sim.models.loading import load_model
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.model import QuantModel
-from adfq_sim.quant.recipes import build_recipe
+from adfq_sim.quant.options import parse_bits
 
 log = logging.getLogger("adfq_sim")
 

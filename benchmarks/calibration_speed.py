@@ -20,13 +20,14 @@ import time
 import timm
 import torch
 
-from adfq_sim.config import AdfqConfig, ModelConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.asmo import AsmoSettings, _capture, _inputs, optimize_unit, resolve_device
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.methods import METHODS, build_recipe
 from adfq_sim.quant.model import QuantModel
-from adfq_sim.quant.recipes import METHODS, build_recipe
+from adfq_sim.quant.options import AdfqConfig, QuantConfig
 
 REFERENCE_H100_S = {"attn": 10.0, "mlp": 14.0}  # per module, 300 iterations, batch 32
 REFERENCE_ITERS = 300

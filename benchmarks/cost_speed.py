@@ -17,10 +17,10 @@ import numpy as np
 import timm
 import torch
 
-from adfq_sim.config import QuantConfig
 from adfq_sim.intsim.export import export
 from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.recipes import build_recipe
+from adfq_sim.quant.methods import build_recipe
+from adfq_sim.quant.options import QuantConfig
 from hw_models.cost import cost, sweep
 from hw_models.spec import load_spec
 from hw_models.workload import workload

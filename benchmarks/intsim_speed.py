@@ -21,12 +21,12 @@ from typing import Callable
 import timm
 import torch
 
-from adfq_sim.config import QuantConfig
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.execute_reference import run_reference
 from adfq_sim.intsim.export import export
 from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.recipes import build_recipe
+from adfq_sim.quant.methods import build_recipe
+from adfq_sim.quant.options import QuantConfig
 
 BATCH, CALIB = 8, 8
 

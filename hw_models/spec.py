@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-from adfq_sim.config import build_dataclass, check_choice, read_yaml_mapping
 from adfq_sim.errors import UserInputError
+from adfq_sim.schema import build_dataclass, check_choice, read_yaml_mapping
 from hw_models.dataflow import DATAFLOWS
 from hw_models.energy import UNIT_ENERGY
 

@@ -22,9 +22,9 @@ def tiny_vit(num_classes: int = 3, seed: int = 0) -> torch.nn.Module:
 
 def demo_calibration(calib_images: int, images: int) -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
     """The demo ViT, its first calibration images as one batch, and its first test images."""
-    from adfq_sim.config import ModelConfig
     from adfq_sim.data.demo import load_demo_split
     from adfq_sim.models.loading import load_model
+    from adfq_sim.models.options import ModelConfig
 
     calib, _ = load_demo_split("calib")
     test, _ = load_demo_split("test")

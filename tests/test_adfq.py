@@ -8,17 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adfq_sim.config import AdfqConfig, ModelConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.adaround import AdaRoundWeight
 from adfq_sim.quant.quantizers import GELU_MINIMUM
 from adfq_sim.quant.asmo import AsmoSettings, _capture, _inputs, asmo_units, optimize_unit
+from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.formats import OUTLIER_MAX
+from adfq_sim.quant.options import AdfqConfig, QuantConfig
 from adfq_sim.quant.ppoq import PerPatchOutlierQuantizer
 from adfq_sim.quant.quantizers import LogQuantizer, UniformQuantizer
-from adfq_sim.quant.recipes import build_recipe, spec
+from adfq_sim.quant.recipes import spec
 from conftest import calibrated
 
 

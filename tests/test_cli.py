@@ -99,8 +99,8 @@ def test_train_demo_command_writes_a_loadable_checkpoint(tmp_path: Path) -> None
     proc = _cli("train-demo", "--epochs", "1", "--out", "demo.safetensors", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "sha256" in proc.stdout and "test" in proc.stderr
-    from adfq_sim.config import ModelConfig
     from adfq_sim.models.loading import load_model
+    from adfq_sim.models.options import ModelConfig
 
     loaded = load_model(ModelConfig(checkpoint=str(tmp_path / "demo.safetensors")))
     assert loaded.source == "demo"

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from adfq_sim.config import Config, load_config, parse_bits
+from adfq_sim.config import Config, load_config
 from adfq_sim.errors import UserInputError
+from adfq_sim.quant.methods import METHODS
+from adfq_sim.quant.options import METHOD_NAMES, QuantConfig, parse_bits
 from conftest import write_config
 
 
@@ -105,3 +107,8 @@ def test_parse_bits(text: str, expected: tuple[int, int]) -> None:
 def test_parse_bits_rejects(text: str) -> None:
     with pytest.raises(UserInputError):
         parse_bits(text)
+
+
+def test_the_methods_the_config_accepts_are_the_methods_with_recipes() -> None:
+    assert tuple(METHODS) == METHOD_NAMES  # same order too: errors list the names in this order
+    assert set(QuantConfig().methods) <= set(METHOD_NAMES)

@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 
 from conftest import demo_calibration
 
-from adfq_sim.config import QuantConfig
 from adfq_sim.intsim.dyadic import dyadic_array
 from adfq_sim.intsim.execute import SIMULATOR_OPS, run_simulator
 from adfq_sim.intsim.execute_reference import REFERENCE_OPS, run_reference
 from adfq_sim.intsim.export import export
 from adfq_sim.intsim.ops import Requant
 from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.recipes import build_recipe
+from adfq_sim.quant.methods import build_recipe
+from adfq_sim.quant.options import QuantConfig
 
 CALIB_IMAGES, IMAGES = 32, 64
 

@@ -19,7 +19,6 @@ import torch
 
 from conftest import demo_calibration
 
-from adfq_sim.config import ModelConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.execute_reference import run_reference
@@ -28,8 +27,10 @@ from adfq_sim.intsim.faithful import run_faithful
 from adfq_sim.intsim.program import load_program, save_program
 from adfq_sim.intsim.verify import total_mismatches, verify
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.recipes import METHODS, build_recipe
+from adfq_sim.quant.methods import METHODS, build_recipe
+from adfq_sim.quant.options import QuantConfig
 
 CALIB_IMAGES, IMAGES = 32, 24
 QUANT = QuantConfig(

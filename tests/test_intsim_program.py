@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from adfq_sim.config import ModelConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.intsim.bounds import INT32_MAX
 from adfq_sim.intsim.execute_reference import run_reference
@@ -23,8 +22,11 @@ from adfq_sim.intsim.export import export
 from adfq_sim.intsim.ops import AttentionMix, AttentionScores, Linear
 from adfq_sim.intsim.program import FILE_FORMAT, UnsupportedProgramError, describe, load_program, save_program
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.recipes import build_recipe, spec, uniform_everywhere
+from adfq_sim.quant.methods import build_recipe
+from adfq_sim.quant.options import QuantConfig
+from adfq_sim.quant.recipes import spec, uniform_everywhere
 
 IMAGES = 450  # the whole test split
 

@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from adfq_sim.config import ModelConfig, QuantConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.intsim.execute_reference import run_reference
 from adfq_sim.intsim.faithful import _isqrt, run_faithful
 from adfq_sim.intsim.export import export
 from adfq_sim.intsim.verify import format_table, total_mismatches, verify
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.recipes import build_recipe
+from adfq_sim.quant.methods import build_recipe
+from adfq_sim.quant.options import QuantConfig
 
 IMAGES = 64
 

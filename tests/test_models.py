@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from adfq_sim.config import ModelConfig
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.errors import UserInputError
 from adfq_sim.models.demo import DEMO_ARCH, demo_checkpoint_path
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, tiny_vit
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from adfq_sim.config import AdfqConfig, ModelConfig, Ptq4vitConfig, QuantConfig, load_config
+from adfq_sim.config import load_config
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.pipeline import run_experiment
 from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.recipes import METHODS, build_recipe
+from adfq_sim.quant.methods import METHODS, build_recipe
+from adfq_sim.quant.options import AdfqConfig, Ptq4vitConfig, QuantConfig
 from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
 
 ENTRY_KEYS = {"method", "bits", "w_bits", "a_bits", "top1", "agreement", "sqnr_db", "outlier_ratio",

@@ -13,18 +13,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from adfq_sim.config import ModelConfig, Ptq4vitConfig, QuantConfig, load_config
+from adfq_sim.config import load_config
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.errors import UserInputError
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.pipeline import run_experiment
+from adfq_sim.quant.methods import build_recipe
+from adfq_sim.quant.options import Ptq4vitConfig, QuantConfig
 from adfq_sim.quant.quantizers import GELU_MINIMUM
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.modules import QuantConv2d, QuantLinear
 from adfq_sim.quant.observers import MinMaxObserver, PercentileMseObserver
 from adfq_sim.quant.ptq4vit import hessian_distances, hessian_search
 from adfq_sim.quant.quantizers import UniformQuantizer
-from adfq_sim.quant.recipes import build_recipe
 from adfq_sim.quant.twin_uniform import TwinUniformQuantizer
 from conftest import write_config
 

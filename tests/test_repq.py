@@ -11,14 +11,16 @@ import timm
 import torch
 from torch import nn
 
-from adfq_sim.config import ModelConfig, QuantConfig, load_config
+from adfq_sim.config import load_config
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.errors import UserInputError
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.pipeline import run_experiment
+from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.observers import MinMaxObserver, uniform_mse
+from adfq_sim.quant.options import QuantConfig
 from adfq_sim.quant.quantizers import UniformQuantizer
-from adfq_sim.quant.recipes import build_recipe
 from adfq_sim.quant.observers import PercentileMseObserver
 from adfq_sim.quant.repq import REPQ_PERCENTILES, reparameterize
 from conftest import tiny_vit, write_config

@@ -10,14 +10,16 @@ import timm
 import torch
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, WindowAttention
 
-from adfq_sim.config import AdfqConfig, ModelConfig, Ptq4vitConfig, QuantConfig, load_config
+from adfq_sim.config import load_config
 from adfq_sim.errors import UserInputError
 from adfq_sim.evaluate import sqnr_db
 from adfq_sim.models.loading import load_model
+from adfq_sim.models.options import ModelConfig
 from adfq_sim.pipeline import run_experiment
 from adfq_sim.quant.calibrate import quantize_model
+from adfq_sim.quant.methods import METHODS, build_recipe
 from adfq_sim.quant.model import QuantModel
-from adfq_sim.quant.recipes import METHODS, build_recipe
+from adfq_sim.quant.options import AdfqConfig, Ptq4vitConfig, QuantConfig
 from adfq_sim.quant.swin_modules import QuantWindowAttention
 from conftest import write_config
 

@@ -13,10 +13,10 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from adfq_sim.config import QuantConfig
 from adfq_sim.intsim.export import export
 from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.recipes import build_recipe
+from adfq_sim.quant.methods import build_recipe
+from adfq_sim.quant.options import QuantConfig
 from hw_models.workload import workload
 
 

@@ -14,7 +14,8 @@ from typing import Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from adfq_sim.config import DEFAULT_RANDOM_EVAL_IMAGES, DataConfig
+from adfq_sim.data.demo import load_demo_split
+from adfq_sim.data.options import DEFAULT_RANDOM_EVAL_IMAGES, DataConfig
 from adfq_sim.errors import UserInputError
 
 Batch = tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -83,8 +84,6 @@ def _image_folder(root: Path, model: torch.nn.Module, cfg: DataConfig) -> tuple[
 def build_data_source(cfg: DataConfig, model: torch.nn.Module, num_classes: int, seed: int) -> DataSource:
     """The configured data, checked against the model's class count and input size."""
     if cfg.kind == "demo":
-        from adfq_sim.data.demo import load_demo_split
-
         calib, evals = TensorDataset(*load_demo_split("calib")), TensorDataset(*load_demo_split("test"))
         has_labels, info = True, {"dataset": "sklearn digits 8x8", "calib_split": "calib", "eval_split": "test"}
     elif cfg.kind == "imagefolder":

@@ -6,7 +6,6 @@ in a `model` / `state_dict` key, or a .safetensors file) or `random_init: true`.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg_value, load_state_dict
 
-from adfq_sim.config import ModelConfig
 from adfq_sim.errors import UserInputError
 from adfq_sim.models.demo import DEMO_ARCH, build_demo_vit, demo_checkpoint_path
+from adfq_sim.models.options import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -25,15 +24,6 @@ class LoadedModel:
     num_classes: int
     source: str  # "demo", "checkpoint" or "random_init"
     checkpoint: str | None
-
-
-def check_model_name(name: str) -> None:
-    """`demo` or a timm architecture name; a typo gets a did-you-mean."""
-    if name == "demo" or timm.is_model(name):
-        return
-    guess = difflib.get_close_matches(name, timm.list_models(), n=1, cutoff=0.7)
-    hint = f" (did you mean '{guess[0]}'?)" if guess else ""
-    raise UserInputError(f"model.name: {name!r} is neither 'demo' nor a timm model{hint}")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

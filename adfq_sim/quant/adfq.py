@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from adfq_sim.config import QuantConfig
+from adfq_sim.quant.asmo import AsmoSettings, asmo_optimize
+from adfq_sim.quant.options import QuantConfig
 from adfq_sim.quant.recipes import ACTIVATION_ROLES, Recipe, spec
 
 
@@ -29,8 +30,6 @@ def adfq_recipe(quant: QuantConfig) -> Recipe:
         activations["fc2_in"] = spec("slq", base=a.log_base)
     optimize = None
     if a.asmo:
-        from adfq_sim.quant.asmo import AsmoSettings, asmo_optimize
-
         optimize = partial(asmo_optimize, settings=AsmoSettings.from_config(a))
     weights = spec("uniform", granularity="channel", observer="clip_search")
     return Recipe("adfq", weights, activations, optimize=optimize)

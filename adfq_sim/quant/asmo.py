@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from adfq_sim.config import AdfqConfig
+from adfq_sim.errors import UserInputError
 from adfq_sim.quant.adaround import AdaRoundWeight
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.modules import QuantConv2d, QuantLinear
+from adfq_sim.quant.options import AdfqConfig
 from adfq_sim.quant.quantizers import Quantizer
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from adfq_sim.errors import UserInputError
-
         raise UserInputError("quant.adfq.device: cuda requested but no GPU is available")
     return torch.device(name)
 
@@ -229,8 +228,6 @@ def optimize_unit(unit: nn.Module, q_in: torch.Tensor, fp_in: torch.Tensor, fp_o
 def asmo_optimize(qmodel: QuantModel, float_model: nn.Module, calib_batches: Sequence[torch.Tensor],
                   settings: AsmoSettings) -> list[dict]:
     """Optimize every unit of a calibrated QuantModel in place; returns per-unit reconstruction MSEs."""
-    from adfq_sim.errors import UserInputError
-
     images = torch.cat(list(calib_batches))
     if settings.images > len(images) and settings.images_explicit:
         raise UserInputError(f"quant.adfq.asmo_images: {settings.images} exceeds the {len(images)} "

@@ -36,10 +36,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
-from adfq_sim.config import Ptq4vitConfig, QuantConfig
 from adfq_sim.hooks import attached
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.modules import QuantConv2d, QuantLinear
+from adfq_sim.quant.options import Ptq4vitConfig, QuantConfig
 from adfq_sim.quant.quantizers import GELU_MINIMUM, Quantizer, UniformQuantizer
 from adfq_sim.quant.recipes import ACTIVATION_ROLES, WEIGHT_PER_CHANNEL_MINMAX, Recipe, spec
 from adfq_sim.quant.twin_uniform import MAX_SHIFT, TwinUniformQuantizer, cover_shift

@@ -3,8 +3,9 @@
 A recipe maps every tensor role of a ViT block (see ACTIVATION_ROLES) to a QuantizerSpec, and may add
 two steps around calibration: `prepare` (an FP32-equivalent reparameterization of the float model that
 needs calibration data, e.g. RepQ-ViT) and `optimize` (after calibration, e.g. ASMO or PTQ4ViT's
-search). Adding a method means adding a recipe (and, for a new format, a quantizer kind registered
-with `register_kind`), never editing the quantized modules.
+search). Adding a method means adding a recipe builder to `quant.methods` (its options and name to
+`quant.options`; for a new format, a quantizer kind registered with `register_kind`), never editing
+the quantized modules.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from adfq_sim.config import QuantConfig
 from adfq_sim.quant.observers import (SEARCH_PERCENTILES, ChannelMSEObserver, MinMaxObserver, PercentileMseObserver,
                                      PercentileObserver)
 from adfq_sim.quant.ppoq import PerPatchOutlierQuantizer
@@ -115,38 +115,3 @@ def uniform_everywhere(name: str, activation: QuantizerSpec, **overrides: Quanti
     """A recipe with one activation spec on every role except the ones overridden."""
     activations = {role: overrides.get(role, activation) for role in ACTIVATION_ROLES}
     return Recipe(name, WEIGHT_PER_CHANNEL_MINMAX, activations)
-
-
-def _minmax(quant: QuantConfig) -> Recipe:
-    return uniform_everywhere("minmax", spec("uniform", observer="minmax"))
-
-
-def _percentile(quant: QuantConfig) -> Recipe:
-    return uniform_everywhere("percentile", spec("uniform", observer="percentile",
-                                                 percentile=quant.percentile.percentile))
-
-
-def _adfq(quant: QuantConfig) -> Recipe:
-    from adfq_sim.quant.adfq import adfq_recipe  # imported late: adfq builds on this module
-
-    return adfq_recipe(quant)
-
-
-def _repq(quant: QuantConfig) -> Recipe:
-    from adfq_sim.quant.repq import repq_recipe  # imported late: repq builds on this module
-
-    return repq_recipe(quant)
-
-
-def _ptq4vit(quant: QuantConfig) -> Recipe:
-    from adfq_sim.quant.ptq4vit import ptq4vit_recipe  # imported late: ptq4vit builds on this module
-
-    return ptq4vit_recipe(quant)
-
-
-METHODS: dict[str, Callable[[QuantConfig], Recipe]] = {"minmax": _minmax, "percentile": _percentile, "adfq": _adfq,
-                                                     "repq": _repq, "ptq4vit": _ptq4vit}
-
-
-def build_recipe(method: str, quant: QuantConfig) -> Recipe:
-    return METHODS[method](quant)

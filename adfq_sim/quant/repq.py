@@ -34,9 +34,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from adfq_sim.config import QuantConfig
 from adfq_sim.errors import UserInputError
 from adfq_sim.hooks import attached
+from adfq_sim.quant.options import QuantConfig
 from adfq_sim.quant.recipes import Recipe, spec, uniform_everywhere
 
 # Clip candidates of the reference implementation (percentile p: the range [(100 - p)-th, p-th]).
