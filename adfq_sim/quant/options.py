@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from adfq_sim.errors import UserInputError
+from adfq_sim.formats import LOG_BASES
 from adfq_sim.schema import check_choice
 
 # Every method, in the order an unknown method's error lists them.
@@ -121,7 +122,7 @@ def _check_ptq4vit(p: Ptq4vitConfig) -> None:
 
 def _check_adfq(a: AdfqConfig, calib_images: int) -> None:
     check_choice(a.outliers, ("int16", "float"), "quant.adfq.outliers")
-    check_choice(a.log_base, ("sqrt2", "2"), "quant.adfq.log_base")
+    check_choice(a.log_base, tuple(LOG_BASES), "quant.adfq.log_base")
     check_choice(a.profile, tuple(ASMO_PROFILES), "quant.adfq.profile")
     check_choice(a.device, ("auto", "cpu", "cuda"), "quant.adfq.device")
     for key in ("alpha_qkv", "alpha_fc1", "asmo_lr_weight", "asmo_lr_act", "asmo_kl_temperature"):
