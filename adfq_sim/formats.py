@@ -152,16 +152,21 @@ class Format:
     rule: str
 
 
+def log_format(base: str, roots: int) -> Format:
+    """The format of log codes of base 2**(1/roots) (one per `LOG_BASES` entry)."""
+    rule = f"shift-add: code q = {roots}j + r adds (B << E) >> j to accumulator r"
+    if roots > 1:
+        rule += f", accumulator r weighted by 2**(-r/{roots}) by the dyadic rule"
+    return Format(f"log{base}", "shift", LogOperand, _log_levels, rule)
+
+
 FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("uniform", "dense", UniformOperand, _uniform_levels,
            "int32 sum of (codes - zero-point) x B, bound proven at export"),
     Format("ppoq", "dense", OutlierOperand, _uniform_levels,
            "(int32 dense sum << outlier_shift) + int64 sum of the sparse int16 outlier products, "
            "saturated to int32 where export proves it changes no code"),
-    *[Format(f"log{base}", "shift", LogOperand, _log_levels,
-             f"shift-add: code q = {roots}j + r adds (B << E) >> j to accumulator r"
-             + ("" if roots == 1 else ", accumulator r scaled by 2**(-r/{}) by the dyadic rule".format(roots)))
-      for base, roots in LOG_BASES.items()],
+    *[log_format(base, roots) for base, roots in LOG_BASES.items()],
     Format("twin", "twin", TwinOperand, _twin_levels,
            "(int32 coarse-level sum << shift) + int32 fine-level sum, saturated"),
     Format(f"int{RESIDUAL_BITS}", None, None, None, f"signed {RESIDUAL_BITS}-bit residual-stream codes"),

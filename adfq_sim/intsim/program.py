@@ -157,9 +157,10 @@ def describe(program: IntegerProgram) -> str:
     verified = sum(t.verified for t in p.tensors)
     lines = [f"IntegerProgram ({p.model}): {len(p.ops)} ops, {len(p.tensors)} tensors ({verified} verified), "
              f"{p.logit_scale.size} classes, residual int{RESIDUAL_BITS}"]
+    width = max(len(op.name) for op in p.ops)
     for op in p.ops:
         outs = ", ".join(f"{n} [{p.tensor(n).rows}x{p.tensor(n).cols} {p.tensor(n).format}]" for n in op_outputs(op)
                          if p.tensor(n).format != OUTLIERS.name)
-        lines.append(f"{op.name:<28} {type(op).__name__.lower()} -> {outs}: {op.describe()}")
-    lines.append(f"{'logits':<28} {p.logits} x float scale per class (reporting only)")
+        lines.append(f"{op.name:<{width}} {type(op).__name__.lower()} -> {outs}: {op.describe()}")
+    lines.append(f"{'logits':<{width}} {p.logits} x float scale per class (reporting only)")
     return "\n".join(lines)
