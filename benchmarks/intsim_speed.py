@@ -1,6 +1,7 @@
-"""Images/s of the integer simulator on DeiT-Small against PyTorch FP32 eager and the int64 reference.
+"""Images/s of the integer simulator against PyTorch FP32 eager and the int64 reference.
 
-In one process, on the same machine: DeiT-Small (timm, random init, seed 0) on random images, quantized
+In one process, on the same machine: DeiT-Small (or `--model`, e.g. swin_tiny_patch4_window7_224; timm,
+random init, seed 0) on random images, quantized
 with `minmax` at W8A8 and W4A4 (calibrated and exported on CALIB random images), batch 8. The simulator
 and PyTorch are timed as the best of `--reps` calls after a warm-up call (Numba compiles on its first
 call); the reference, about 100x slower, runs one batch. For scale, ADFQ's formats at W4A4 (PPOQ with alpha 2.5,
@@ -8,7 +9,7 @@ call); the reference, about 100x slower, runs one batch. For scale, ADFQ's forma
 it changes values, not formats) are timed too. The last line is `ratio: X`, the minmax simulator's
 W4A4 images/s over PyTorch FP32's.
 
-    python benchmarks/intsim_speed.py [--reps 5]
+    python benchmarks/intsim_speed.py [--reps 5] [--model NAME]
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ def images_per_second(fn: Callable[[], object], reps: int, warm_up: bool = True)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
-    reps = parser.parse_args().reps
+    parser.add_argument("--model", default="deit_small_patch16_224", help="a timm ViT / DeiT / Swin name")
+    args = parser.parse_args()
+    reps = args.reps
     torch.manual_seed(0)
-    model = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
+    model = timm.create_model(args.model, pretrained=False).eval()
     calib = [torch.randn(CALIB, 3, 224, 224)]
     images = torch.randn(BATCH, 3, 224, 224)
-    print(f"DeiT-Small, random init, batch {BATCH}, best of {reps}, torch threads {torch.get_num_threads()}")
+    print(f"{args.model}, random init, batch {BATCH}, best of {reps}, torch threads {torch.get_num_threads()}")
 
     with torch.no_grad():
         torch_rate = images_per_second(lambda: model(images), reps)

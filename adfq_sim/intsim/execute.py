@@ -23,7 +23,8 @@ from numba import prange
 from adfq_sim.intsim import kernels, nonlinear
 from adfq_sim.intsim.dyadic import requantize_offset_one
 from adfq_sim.formats import RESIDUAL_MAX
-from adfq_sim.intsim.execute_reference import Ops, gather_rows, run_program
+from adfq_sim.intsim.execute_reference import Ops, run_program
+from adfq_sim.intsim.nonlinear_reference import SOFTMAX_INPUT_MAX
 from adfq_sim.intsim.ops import Gemm, Requant
 from adfq_sim.intsim.program import IntegerProgram
 
@@ -134,6 +135,57 @@ def _outliers(rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarr
     return out
 
 
+@numba.njit(cache=True, parallel=True)
+def _gather_kernel(x, index, out):  # x [B, L, C], index [R, k] (-1: zeros), out [B, R, k * C]
+    images, rows = out.shape[0], index.shape[0]
+    channels = x.shape[2]
+    for br in prange(images * rows):
+        b, r = br // rows, br % rows
+        for part in range(index.shape[1]):
+            source, dst = index[r, part], out[b, r, part * channels:(part + 1) * channels]
+            if source < 0:
+                dst[:] = 0
+            else:
+                dst[:] = x[b, source]
+
+
+def _gather(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """`execute_reference.gather_rows` in one parallel pass (no padded copy of the input)."""
+    if index.size and (index.max() >= x.shape[1] or index.min() < -1):
+        raise ValueError(f"gather index outside the {x.shape[1]} input rows")
+    out = np.empty((x.shape[0], index.shape[0], index.shape[1] * x.shape[2]), x.dtype)
+    _gather_kernel(np.ascontiguousarray(x), index, out)
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _score_kernel(scores, bias, mask, masked):
+    # in place: scores [G, H, T, T] += bias [H, T, T] (none: [H, 0, 0]); mask [W, T, T] (none: [0, T, T])
+    groups, heads = scores.shape[0], scores.shape[1]
+    for gh in prange(groups * heads):
+        g, h = gh // heads, gh % heads
+        s = scores[g, h]
+        if bias.shape[1] > 0:
+            s += bias[h]
+        if mask.shape[0] > 0:
+            m = mask[g % mask.shape[0]]
+            for i in range(s.shape[0]):
+                for j in range(s.shape[1]):
+                    if m[i, j]:
+                        s[i, j] = masked
+
+
+def _scores(scores: np.ndarray, heads: int, bias: np.ndarray | None, mask: np.ndarray | None) -> np.ndarray:
+    """`execute_reference.score_rows` in place on the int32 accumulators (the bound export proved keeps
+    score + bias inside int32)."""
+    t = scores.shape[-1]
+    shaped = np.ascontiguousarray(scores, dtype=np.int32).reshape(-1, heads, t, t)
+    if bias is not None or mask is not None:
+        _score_kernel(shaped, np.zeros((heads, 0, 0), np.int32) if bias is None else bias.astype(np.int32, copy=False),
+                      np.zeros((0, t, t), np.bool_) if mask is None else mask, -SOFTMAX_INPUT_MAX)
+    return shaped.reshape(-1, t)
+
+
 def _dense_requant(a: np.ndarray, w: np.ndarray, bias: np.ndarray, r: Requant) -> np.ndarray:
     return kernels.dense_requant(a, w, bias, r.m, r.s, r.zero_point, r.lo, r.hi)
 
@@ -142,7 +194,7 @@ SIMULATOR_OPS = Ops(operand=_operand, weight=_weight, plain_input=_plain_input, 
                     dense_requant=_dense_requant, log_shift=kernels.log_shift_gemm, outliers=_outliers,
                     requant=_requant, add=_add, layernorm=nonlinear.layernorm, layernorm_acc=nonlinear.layernorm_acc,
                     token_codes=nonlinear.token_codes, softmax=nonlinear.softmax, gelu=nonlinear.gelu,
-                    gather=gather_rows)
+                    gather=_gather, scores=_scores)
 
 
 def run_simulator(program: IntegerProgram, images: np.ndarray | torch.Tensor

@@ -51,6 +51,8 @@ class Ops:
     add(a, ra, b, rb): residual add, both operands requantized, the sum clamped to the residual range.
     layernorm(x, c, t), layernorm_acc(x, c), token_codes(acc, t), softmax, gelu: the integer non-linear ops.
     gather(x, index): rows of x [L, C] (-1: zeros) concatenated per output row, for [B, L, C] inputs.
+    scores(acc, heads, bias, mask): attention score rows from Q.K^T accumulators [B * W * H, T, T]
+      (`score_rows`).
     """
 
     operand: Callable[[np.ndarray, "int | np.ndarray"], np.ndarray]
@@ -68,6 +70,7 @@ class Ops:
     softmax: Callable
     gelu: Callable
     gather: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    scores: Callable[[np.ndarray, int, "np.ndarray | None", "np.ndarray | None"], np.ndarray]
 
 
 def _operand(codes: np.ndarray, zp: "int | np.ndarray") -> np.ndarray:
@@ -106,11 +109,23 @@ def gather_rows(x: np.ndarray, index: np.ndarray) -> np.ndarray:
     return padded[:, rows].reshape(x.shape[0], index.shape[0], -1)
 
 
+def score_rows(scores: np.ndarray, heads: int, bias: np.ndarray | None, mask: np.ndarray | None) -> np.ndarray:
+    """Q.K^T accumulators [B * W * H, T, T] + the score bias [H, T, T], masked scores (mask [W, T, T]) at
+    -SOFTMAX_INPUT_MAX, as int32 rows [B * W * H * T, T]."""
+    t = scores.shape[-1]
+    if bias is not None:
+        scores = scores.reshape(-1, heads, t, t) + bias
+    if mask is not None:
+        scores = np.where(mask[None, :, None], -SOFTMAX_INPUT_MAX, scores.reshape(-1, mask.shape[0], heads, t, t))
+    return scores.reshape(-1, t).astype(np.int32, copy=False)
+
+
 REFERENCE_OPS = Ops(operand=_operand, weight=lambda g: g.weight, plain_input=_plain_input, dense=dense_gemm,
                     dense_requant=_dense_requant, log_shift=log_shift_gemm, outliers=outlier_gemm, requant=_apply,
                     add=_add, layernorm=nonlinear_reference.layernorm,
                     layernorm_acc=nonlinear_reference.layernorm_acc, token_codes=nonlinear_reference.token_codes,
-                    softmax=nonlinear_reference.softmax, gelu=nonlinear_reference.gelu, gather=gather_rows)
+                    softmax=nonlinear_reference.softmax, gelu=nonlinear_reference.gelu, gather=gather_rows,
+                    scores=score_rows)
 
 
 # ------------------------------------------------------------------------------------ GEMM operands
@@ -215,22 +230,10 @@ def merge_heads(x: np.ndarray, heads: int) -> np.ndarray:
     return x.reshape(groups // heads, heads, tokens, hd).transpose(0, 2, 1, 3).reshape(-1, heads * hd)
 
 
-def score_epilogue(scores: np.ndarray, op: AttentionScores) -> np.ndarray:
-    """[B * W * H, T, T] accumulators + the score bias, masked scores at -SOFTMAX_INPUT_MAX, as rows."""
-    t = op.tokens
-    if op.bias is not None:
-        scores = (scores.reshape(-1, op.heads, t, t) + op.bias).reshape(-1, t, t)
-    if op.mask is not None:
-        windows = op.mask.shape[0]
-        shaped = scores.reshape(-1, windows, op.heads, t, t)
-        scores = np.where(op.mask[None, :, None], -SOFTMAX_INPUT_MAX, shaped)
-    return scores.reshape(-1, t)
-
-
 def _scores(op: AttentionScores, t: Tensors, ops: Ops, b: int) -> None:
     q = split_heads(t[op.q], op.heads, op.tokens)
     k = split_heads(ops.operand(t[op.k], op.k_zero_point), op.heads, op.tokens)
-    t[op.output] = score_epilogue(_product(q, op.operand, k, ops), op).astype(np.int32, copy=False)
+    t[op.output] = ops.scores(_product(q, op.operand, k, ops), op.heads, op.bias, op.mask)
 
 
 def _softmax(op: Softmax, t: Tensors, ops: Ops, b: int) -> None:

@@ -108,12 +108,24 @@ def _count_at_or_below(v: np.int64, thresholds: np.ndarray) -> np.int64:
 # ------------------------------------------------------------------------------------------ LayerNorm
 
 
+LAYERNORM_ROW_BLOCK = 16  # rows per parallel iteration, sharing one acc buffer
+
+
 @numba.njit(cache=True, inline="always")
-def _token_code(acc, m, s, zp, qmax, threshold, om, os):
-    """(code, int16 outlier code or 0) of one acc value, by its row's rules."""
-    if threshold >= 0 and abs(acc) > threshold:
-        return zp, requantize_one(acc, om, os, OUTLIER_MIN, OUTLIER_MAX)
-    return _uniform_code(acc, m, s, zp, qmax), np.int64(0)
+def _codes_row(acc, m, s, zp, qmax, threshold, om, os, codes, outliers):
+    """codes (and, with PPOQ, outliers) of one row of acc values by the row's rules; one loop per case,
+    so that the common one (no outliers) vectorises."""
+    if threshold < 0:
+        for j in range(acc.size):
+            codes[j] = _uniform_code(acc[j], m, s, zp, qmax)
+        return
+    for j in range(acc.size):
+        if abs(acc[j]) > threshold:
+            codes[j] = zp
+            outliers[j] = requantize_one(acc[j], om, os, OUTLIER_MIN, OUTLIER_MAX)
+        else:
+            codes[j] = _uniform_code(acc[j], m, s, zp, qmax)
+            outliers[j] = 0
 
 
 @numba.njit(cache=True, parallel=True)
@@ -121,46 +133,45 @@ def _layernorm_kernel(x, eps_int, frac_bits, recip_bits, norm_max, gamma, beta, 
                       threshold, om, os, want_acc, acc_out, codes_out, outliers_out):
     # row r takes the output rule of token r % T; outliers_out is written only with PPOQ (threshold >= 0)
     rows, c = x.shape
-    for r in numba.prange(rows):
-        total = np.int64(0)
-        squares = np.int64(0)
-        for j in range(c):
-            v = np.int64(x[r, j])
-            total += v
-            squares += v * v
-        var = c * squares - total * total + eps_int
-        k = max(np.int64(0), (62 - _bit_length(var)) // 2)
-        recip = (np.int64(1) << recip_bits) // max(isqrt_one(var << (2 * k)), np.int64(1))
-        shift = recip_bits - frac_bits - k
-        half = np.int64(1) << (shift - 1)
-        t = r % m.size
-        mt, st, zt, omr, osr = m[t], s[t], zp[t], om[r % om.size], os[r % os.size]
-        for j in range(c):
-            n = ((c * np.int64(x[r, j]) - total) * recip + half) >> shift
-            n = min(max(n, -norm_max), norm_max)
-            acc = n * gamma[j] + beta[j]
+    for block in numba.prange((rows + LAYERNORM_ROW_BLOCK - 1) // LAYERNORM_ROW_BLOCK):
+        acc = np.empty(c, np.int64)
+        for r in range(block * LAYERNORM_ROW_BLOCK, min(rows, (block + 1) * LAYERNORM_ROW_BLOCK)):
+            total = np.int64(0)
+            squares = np.int64(0)
+            for j in range(c):
+                v = np.int64(x[r, j])
+                total += v
+                squares += v * v
+            var = c * squares - total * total + eps_int
+            k = max(np.int64(0), (62 - _bit_length(var)) // 2)
+            recip = (np.int64(1) << recip_bits) // max(isqrt_one(var << (2 * k)), np.int64(1))
+            shift = recip_bits - frac_bits - k
+            half = np.int64(1) << (shift - 1)
+            for j in range(c):
+                n = ((c * np.int64(x[r, j]) - total) * recip + half) >> shift
+                n = min(max(n, -norm_max), norm_max)
+                acc[j] = n * gamma[j] + beta[j]
             if acc_shift > 0:
-                acc = (acc + (np.int64(1) << (acc_shift - 1))) >> acc_shift
+                for j in range(c):
+                    acc[j] = (acc[j] + (np.int64(1) << (acc_shift - 1))) >> acc_shift
             if want_acc:
-                acc_out[r, j] = acc
+                acc_out[r] = acc
             else:
-                code, outlier = _token_code(acc, mt, st, zt, qmax, threshold, omr, osr)
-                codes_out[r, j] = code
-                if threshold >= 0:
-                    outliers_out[r, j] = outlier
+                t = r % m.size
+                _codes_row(acc, m[t], s[t], zp[t], qmax, threshold, om[r % om.size], os[r % os.size], codes_out[r],
+                           outliers_out[r % outliers_out.shape[0]])
 
 
 @numba.njit(cache=True, parallel=True)
 def _token_codes_kernel(acc, m, s, zp, qmax, threshold, om, os, codes_out, outliers_out):
     rows, c = acc.shape
-    for r in numba.prange(rows):
-        t = r % m.size
-        mt, st, zt, omr, osr = m[t], s[t], zp[t], om[r % om.size], os[r % os.size]
-        for j in range(c):
-            code, outlier = _token_code(np.int64(acc[r, j]), mt, st, zt, qmax, threshold, omr, osr)
-            codes_out[r, j] = code
-            if threshold >= 0:
-                outliers_out[r, j] = outlier
+    for block in numba.prange((rows + LAYERNORM_ROW_BLOCK - 1) // LAYERNORM_ROW_BLOCK):
+        row = np.empty(c, np.int64)
+        for r in range(block * LAYERNORM_ROW_BLOCK, min(rows, (block + 1) * LAYERNORM_ROW_BLOCK)):
+            row[:] = acc[r]
+            t = r % m.size
+            _codes_row(row, m[t], s[t], zp[t], qmax, threshold, om[r % om.size], os[r % os.size], codes_out[r],
+                       outliers_out[r % outliers_out.shape[0]])
 
 
 def _codes_args(t: TokenCodes | None) -> tuple:
@@ -173,7 +184,8 @@ def _codes_args(t: TokenCodes | None) -> tuple:
 
 
 def _outputs(shape: tuple[int, int], t: TokenCodes) -> tuple[np.ndarray, np.ndarray]:
-    return np.empty(shape, np.int32), np.empty(shape if t.has_outliers else (0, 0), np.int32)
+    """codes, and PPOQ's outlier matrix (a placeholder row without outliers)."""
+    return np.empty(shape, np.int32), np.empty(shape if t.has_outliers else (1, shape[1]), np.int32)
 
 
 def _layernorm_run(x: np.ndarray, c: LayerNormConstants, t: TokenCodes | None
@@ -183,7 +195,7 @@ def _layernorm_run(x: np.ndarray, c: LayerNormConstants, t: TokenCodes | None
         raise ValueError(f"layernorm exported for {c.channels} channels, got {x.shape[1]}")
     x = np.ascontiguousarray(x)
     acc = np.empty(x.shape if t is None else (0, 0), np.int32)
-    codes, outliers = (np.empty((0, 0), np.int32),) * 2 if t is None else _outputs(x.shape, t)
+    codes, outliers = (np.empty((1, 1), np.int32),) * 2 if t is None else _outputs(x.shape, t)
     _layernorm_kernel(x, c.eps_int, c.frac_bits, c.recip_bits, c.norm_max, c.gamma, c.beta, c.acc_shift,
                       *_codes_args(t), t is None, acc, codes, outliers)
     return acc, codes, outliers
