@@ -103,12 +103,13 @@ def distribution_entry(results: dict) -> dict | None:
     return entry if entry is not None and entry["quantizers"] else None
 
 
-_BLOCK = re.compile(r"^((?:layers\.\d+\.)?blocks\.\d+)\.")
+_BLOCK = re.compile(r"^((?:layers\.\d+\.)?(?:blocks\.\d+|downsample))\.")  # a block, or Swin's patch merging
 
 
 def layer_energy_rows(cost: dict) -> list[tuple[str, dict[str, float]]]:
-    """(layer, energy in pJ by component) in execution order: each GEMM, and each block's vector ops
-    (LayerNorm, softmax, GELU, requantization, residual adds) as one row after that block's GEMMs; vector
+    """(layer, energy in pJ by component) in execution order: each GEMM, and each block's (or Swin patch
+    merging's) vector ops (LayerNorm, softmax, GELU, requantization, residual adds) as one row after
+    that block's GEMMs; vector
     ops outside the blocks (the embedding's requantization, the final LayerNorm) each on their own row,
     before the first block or after the last."""
     block_of = lambda name: (m.group(1) if (m := _BLOCK.match(name)) else None)  # noqa: E731

@@ -36,6 +36,7 @@ from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.methods import METHODS, build_recipe
 from adfq_sim.quant.options import QuantConfig
 from conftest import write_config, write_image_folder
+from reports import summary
 
 TINY_SWIN = {"img_size": 40, "patch_size": 4, "window_size": 4, "embed_dim": 16, "depths": [2, 2, 2],
              "num_heads": [2, 2, 4]}
@@ -194,6 +195,10 @@ def test_run_on_a_tiny_swin_reports_integer_top1_for_every_configuration(tmp_pat
         if entry["method"] == "adfq":
             assert integer["verify"]["outliers"]["count"] > 0
             assert entry["cost"]["edge_npu"]["energy_uj"]["outliers"] > 0
+        rows = summary.layer_energy_rows(entry["cost"]["edge_npu"])  # the per-layer plot shows every op once
+        assert sum(sum(parts.values()) for _, parts in rows) * 1e-6 == pytest.approx(
+            entry["cost"]["edge_npu"]["energy_per_inference_uj"], rel=1e-9)
+        assert "layers.1.downsample vector ops" in {name for name, _ in rows}
     report = (folder / "report.md").read_text()  # a row per configuration, each with its integer top-1
     rows = [line.split("|") for line in report.splitlines() if line.startswith(("| minmax W", "| adfq W"))]
     assert len(rows) == 4 and all(float(row[3]) >= 0 for row in rows)
