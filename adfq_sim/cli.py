@@ -88,7 +88,7 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
 
 def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, metavar="CFG",
-                        help="experiment YAML (see the README's config reference); a file with only a "
+                        help="experiment YAML (see docs/config.md); a file with only a "
                              "hardware section runs the embedded demo")
     parser.add_argument("--out", metavar="DIR", help="parent folder of the run folder (overrides the config's out)")
     parser.add_argument("--seed", type=int, metavar="N", help="random seed (overrides the config's seed)")

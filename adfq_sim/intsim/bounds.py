@@ -1,4 +1,4 @@
-"""Accumulator bounds of the integer GEMMs, proven at export (DESIGN item 6: never wrap silently).
+"""Accumulator bounds of the integer GEMMs, proven at export: an accumulator never wraps silently.
 
 The kernels accumulate in int32 without checks; export calls `check_int32` on every GEMM's bound and
 refuses a layer that could overflow (naming it), so a kernel never runs on an unproven layer.
@@ -11,8 +11,8 @@ bounds every intermediate too. Per output channel n and position k:
   dense part is bounded alone (its outlier codes hold the zero-point), the sparse products are summed
   in int64 by the program;
 - log-shift: floor(b * 2**E / 2**j) lies between min(b, 0) * 2**E and max(b, 0) * 2**E for any j >= 0,
-  and the sqrt2 rule keeps it: acc_even and acc_odd split the terms, and |requantize(x, 1/sqrt2)| <= |x|
-  with the sign of x; the odd accumulator times m < 2**31 then fits int64;
+  and a base 2**(1/R) keeps it: the R accumulators split the terms, and for an integer x,
+  |requantize(x, 2**(-r/R))| <= |x| with the sign of x; each accumulator times m < 2**31 then fits int64;
 - the bias counts as a term in [min(bias, 0), max(bias, 0)].
 Ranges count min(0, .) and max(0, .) of each term, so the bound is the attained extreme whenever the
 code ranges contain 0 (codes minus zero-points always do). Computed in float64: every value is an

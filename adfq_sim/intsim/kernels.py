@@ -9,8 +9,8 @@ Dense GEMM, two paths. With AVX-512 VNNI on Numba's target (`VNNI`), when A's va
 integers and so do each row of W's, A is shifted into uint8 and W's rows into int8 and multiplied by
 vpdpbusd (64 MACs per instruction; LLVM never forms it from a loop, so `_vnni_tile` emits it), the
 shifts folded back as correction terms. int32 arithmetic is modular, so every wrapped intermediate
-cancels and the result is exact whenever the true one fits int32: measured 4-5x the portable path and
-about 4x PyTorch FP32 on the DeiT-S shapes (`benchmarks/gemm_speed.py`). Otherwise the portable path:
+cancels and the result is exact whenever the true one fits int32 (speed: `benchmarks/gemm_speed.py`
+and docs/benchmarks.md). Otherwise the portable path:
 int8 / int16 operands as they are, other integer dtypes narrowed to int16 (their values must fit), dot
 products that LLVM vectorises to vpmaddwd; int16 x int8 measured as fast as int16 x int16 and faster
 than int8 x int8 there.

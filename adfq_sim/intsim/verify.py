@@ -1,7 +1,7 @@
-"""Per-layer code comparison of two executions of one IntegerProgram (DESIGN, integer contract item 7).
+"""Per-tensor code comparison of two executions of one IntegerProgram.
 
 Two executors (the int64 reference, the Numba simulator, the integer-faithful PyTorch mode) each return a
-codes dict keyed by quantized tensor ("embed_in", "blocks.3.q", ..., "head_in"), each [B, ...]. The bar is
+codes dict keyed by verified tensor ("embed_in", "blocks.3.q", ..., "head_in"), each [B, ...]. The bar is
 zero mismatched codes at every tensor, so the report is per tensor: where executors diverge first is
 where the bug is. Differing key sets or shapes are a structural bug, not a mismatch count, and raise.
 """
