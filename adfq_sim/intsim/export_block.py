@@ -144,7 +144,7 @@ def emit_block(g: Graph, blk: nn.Module, name: str, x: str, rows: int, scales: t
     tensor x of `rows` rows per image at scales[0]; the mid and output residuals at scales[1], scales[2].
     Returns the output residual tensor."""
     s_in, s_mid, s_out = scales
-    attn, mlp = blk.attn, blk.mlp
+    attn = blk.attn
     width = blk.norm1.normalized_shape[0]
     qkv_in, qkv_outliers, window_rows = _attention_input(g, name, blk.norm1, attn, x, rows, s_in, layout)
     tokens = rows if layout is None else layout.tokens

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import numpy as np
 import torch
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
