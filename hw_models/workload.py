@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Union
 
 from adfq_sim.formats import ACCUMULATOR, ACCUMULATOR_BITS, FORMATS
-from adfq_sim.intsim.ops import (AttentionMix, AttentionScores, Gelu, LayerNorm, Linear, MeanPool, Op, QuantizeTokens,
-                                 Requantize, ResidualAdd, Softmax, op_inputs)
+from adfq_sim.intsim.ops import (AddPositions, AttentionMix, AttentionScores, Gather, Gelu, ImageInput, LayerNorm,
+                                 Linear, MeanPool, Op, Patchify, QuantizeTokens, Requantize, ResidualAdd, Softmax,
+                                 op_inputs)
 from adfq_sim.intsim.program import IntegerProgram
 
 
@@ -139,7 +140,14 @@ def _vector(kind: str, source: Callable[[Op], str]) -> Callable[[Op, _Reader], I
     return price
 
 
-_PRICED: dict[type, Callable[[Op, _Reader], Iterator[Union[GemmOp, VectorOp]]]] = {
+def _moves_rows(op: Op, r: _Reader) -> Iterator[VectorOp]:
+    """Patches, gathers, the input and the position codes: address generation, no vector-unit work."""
+    return iter(())
+
+
+# Every op type, so that a new one cannot go unpriced by omission.
+PRICED: dict[type, Callable[[Op, _Reader], Iterator[Union[GemmOp, VectorOp]]]] = {
+    ImageInput: _moves_rows, Patchify: _moves_rows, Gather: _moves_rows, AddPositions: _moves_rows,
     Linear: _linear, AttentionScores: _scores, AttentionMix: _mix,
     LayerNorm: _vector("layernorm", lambda op: op.input), Softmax: _vector("softmax", lambda op: op.input),
     Gelu: _vector("gelu", lambda op: op.input), Requantize: _vector("requant", lambda op: op.input),
@@ -153,6 +161,6 @@ def workload(program: IntegerProgram, outliers_per_image: dict[str, float] | Non
     gemms: list[GemmOp] = []
     vector: list[VectorOp] = []
     for op in program.ops:
-        for item in _PRICED.get(type(op), lambda *_: iter(()))(op, reader):
+        for item in PRICED[type(op)](op, reader):
             (gemms if isinstance(item, GemmOp) else vector).append(item)
     return Workload(gemms, vector)

@@ -18,8 +18,9 @@ from adfq_sim.data.demo import load_demo_split
 from adfq_sim.intsim.bounds import INT32_MAX
 from adfq_sim.intsim.execute_reference import run_reference
 from adfq_sim.intsim.nonlinear_reference import SOFTMAX_INPUT_MAX
+from adfq_sim.intsim import execute_reference, faithful
 from adfq_sim.intsim.export import export
-from adfq_sim.intsim.ops import AttentionMix, AttentionScores, Linear
+from adfq_sim.intsim.ops import OP_TYPES, AttentionMix, AttentionScores, Linear
 from adfq_sim.intsim.program import FILE_FORMAT, UnsupportedProgramError, describe, load_program, save_program
 from adfq_sim.models.loading import load_model
 from adfq_sim.models.options import ModelConfig
@@ -27,6 +28,7 @@ from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.options import QuantConfig
 from adfq_sim.quant.recipes import spec, uniform_everywhere
+from hw_models.workload import PRICED
 
 IMAGES = 450  # the whole test split
 
@@ -98,3 +100,11 @@ def test_program_file_round_trip_and_listing(demo, tmp_path):
     np.savez(old, __structure__=np.array(json.dumps({"format": FILE_FORMAT, "version": 1, "program": {}})))
     with pytest.raises(ValueError, match=r"old.npz: an integer program file of version 1; .* reads version 2"):
         load_program(old)
+
+
+def test_every_reader_takes_every_op_type() -> None:
+    """The executors and the cost model's workload each cover every op type: a new op cannot run in one
+    executor only or go unpriced by omission (the program file round-trips ViT's ops here and Swin's in
+    test_intsim_swin)."""
+    assert set(execute_reference.HANDLERS) == set(faithful.HANDLERS) == set(PRICED) == set(OP_TYPES)
+    assert all(callable(getattr(op, "describe", None)) for op in OP_TYPES)  # the listing

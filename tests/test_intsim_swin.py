@@ -29,6 +29,7 @@ from adfq_sim.intsim.execute_reference import run_reference
 from adfq_sim.intsim.export import export
 from adfq_sim.intsim.faithful import run_faithful
 from adfq_sim.intsim.ops import AttentionScores, Gather, Softmax
+from adfq_sim.intsim.program import describe, load_program, save_program
 from adfq_sim.intsim.verify import total_mismatches, verify
 from adfq_sim.intsim.windows import patch_merging, window_partition
 from adfq_sim.pipeline import run_experiment
@@ -101,11 +102,14 @@ def _agreeing_codes(program, images) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("method, bits", [(m, 4) for m in sorted(METHODS)] + [("adfq", 8), ("ptq4vit", 8)])
-def test_three_executions_agree_on_a_tiny_swin(swin, method: str, bits: int) -> None:
+def test_three_executions_agree_on_a_tiny_swin(swin, method: str, bits: int, tmp_path) -> None:
     model, calib, images = swin
     qmodel = quantize_model(model, build_recipe(method, QUANT), bits, bits, calib)
     program = export(qmodel, calib)
     codes = _agreeing_codes(program, images)
+    loaded = load_program(save_program(program, tmp_path / "swin.npz"))  # every Swin op survives the file
+    np.testing.assert_array_equal(run_simulator(loaded, images)[0], run_simulator(program, images)[0])
+    assert describe(loaded) == describe(program)
     assert program.model == "swin"
     # Every verified tensor of every block, the merging reductions and the pooled head input.
     assert {n for n in codes if n.startswith("layers.")} >= {f"layers.{s}.blocks.{b}.{t}" for s in range(3)

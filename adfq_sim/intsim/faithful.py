@@ -340,7 +340,7 @@ def _mean_pool(op: MeanPool, t: Codes, b: int) -> None:
     t[op.output] = _requant(_round_shift(total, op.pre_shift) if op.pre_shift else total, op.rule)
 
 
-_HANDLERS = {ImageInput: _image, Patchify: _patchify, Linear: _linear_op, AttentionScores: _scores,
+HANDLERS = {ImageInput: _image, Patchify: _patchify, Linear: _linear_op, AttentionScores: _scores,
              Softmax: _softmax_op, AttentionMix: _mix, Requantize: _requantize, ResidualAdd: _residual_add,
              LayerNorm: _layernorm_op, QuantizeTokens: _quantize_tokens, Gelu: _gelu_op, Gather: _gather,
              AddPositions: _add_positions, MeanPool: _mean_pool}
@@ -356,7 +356,7 @@ def run_faithful(program: IntegerProgram, images: np.ndarray | torch.Tensor) -> 
     tensors: Codes = {"image": images}
     codes: Codes = {}
     for op in program.ops:
-        _HANDLERS[type(op)](op, tensors, len(images))
+        HANDLERS[type(op)](op, tensors, len(images))
         for name in op_outputs(op):
             if program.tensor(name).verified:
                 codes[name] = tensors[name].reshape(len(images), -1)
