@@ -71,7 +71,7 @@ class IntegerProgram:
     @property
     def image(self) -> ImageInput:
         """The input op: the image shape and quantizer the program takes."""
-        return self.ops[0]
+        return next(op for op in self.ops if isinstance(op, ImageInput))
 
     def tensor_formats(self) -> dict[str, str]:
         """Format of every verified tensor (the executors' codes keys), in execution order."""
