@@ -27,6 +27,7 @@ from adfq_sim.intsim.execute_reference import Ops, run_program
 from adfq_sim.intsim.nonlinear_reference import SOFTMAX_INPUT_MAX
 from adfq_sim.intsim.ops import Gemm, Requant
 from adfq_sim.intsim.program import IntegerProgram
+from adfq_sim.threads import torch_threads_kept
 
 CHUNK = 64  # images per pass: the kernels' per-call overhead amortises, memory stays small
 _weights: WeakKeyDictionary[Gemm, np.ndarray] = WeakKeyDictionary()  # narrowed once per exported layer
@@ -199,5 +200,7 @@ SIMULATOR_OPS = Ops(operand=_operand, weight=_weight, plain_input=_plain_input, 
 
 def run_simulator(program: IntegerProgram, images: np.ndarray | torch.Tensor
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """`run_reference`'s logits and codes (same keys, same values), computed by the Numba kernels."""
-    return run_program(program, images, SIMULATOR_OPS, CHUNK)
+    """`run_reference`'s logits and codes (same keys, same values), computed by the Numba kernels (torch's
+    thread count left as it was: see `adfq_sim.threads`)."""
+    with torch_threads_kept():
+        return run_program(program, images, SIMULATOR_OPS, CHUNK)
