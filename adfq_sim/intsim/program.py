@@ -25,12 +25,13 @@ walks `ops` (see `ops` for what each op does). Its semantics, fixed once here an
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -118,21 +119,38 @@ def _decode(value: Any, arrays: Any) -> Any:
     return cls(**{k: _decode(v, arrays) for k, v in value.items() if k != "__type__"})
 
 
+def _write_npz(program: IntegerProgram, f: BinaryIO) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    structure = {"format": FILE_FORMAT, "version": FILE_VERSION, "program": _encode(program, arrays, "p")}
+    np.savez(f, __structure__=np.array(json.dumps(structure)), **arrays)
+
+
 def save_program(program: IntegerProgram, path: str | Path) -> Path:
     """Write the program to one .npz file (arrays + a JSON structure; no pickle), atomically."""
     path = Path(path)
-    arrays: dict[str, np.ndarray] = {}
-    structure = {"format": FILE_FORMAT, "version": FILE_VERSION, "program": _encode(program, arrays, "p")}
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     with open(tmp, "wb") as f:
-        np.savez(f, __structure__=np.array(json.dumps(structure)), **arrays)
+        _write_npz(program, f)
     tmp.replace(path)
     return path
 
 
-def load_program(path: str | Path) -> IntegerProgram:
+def program_bytes(program: IntegerProgram) -> bytes:
+    """The program file's bytes: how a program travels to another process or machine."""
+    buffer = io.BytesIO()
+    _write_npz(program, buffer)
+    return buffer.getvalue()
+
+
+def program_from_bytes(data: bytes) -> IntegerProgram:
+    """The program whose file bytes `program_bytes` gave."""
+    return load_program(io.BytesIO(data))
+
+
+def load_program(path: str | Path | BinaryIO) -> IntegerProgram:
     """Read a program written by `save_program`; a file of another kind or version is refused by name."""
-    path = Path(path)
+    if isinstance(path, str):
+        path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             structure = json.loads(str(data["__structure__"]))
