@@ -1,30 +1,11 @@
-"""Evaluation: logits over the eval set, and the metrics that compare a quantized model with FP32."""
+"""The metrics that compare a quantized model's logits with FP32's (and with the labels)."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import torch
-from tqdm import tqdm
-
-
-@torch.no_grad()
-def collect_logits(model: torch.nn.Module, batches: Iterable, total: int | None, desc: str,
-                   also: Optional[Callable[[torch.Tensor], None]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """All eval logits (float64, for stable metrics) and labels (None for unlabelled data); `also` is
-    called on every batch of images too (another model reading the same pass)."""
-    logits, labels = [], []
-    for images, batch_labels in tqdm(batches, total=total, desc=desc, unit="batch", disable=None, leave=False):
-        if also is not None:
-            also(images)
-        out = model(images)
-        if not torch.isfinite(out).all():
-            raise FloatingPointError(f"{desc}: non-finite logits")
-        logits.append(out.double())
-        if batch_labels is not None:
-            labels.append(batch_labels)
-    return torch.cat(logits), (torch.cat(labels) if labels else None)
 
 
 def top1(logits: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[float]:

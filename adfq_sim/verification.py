@@ -2,7 +2,7 @@
 with the integer-faithful PyTorch mode (the bar: zero mismatched codes).
 
 `adfq-sim verify` writes `<out>/<name>/verify.json` atomically (beside a run's results, without
-touching them) and each exported program with its op listing as `programs/<method>_<bits>.npz / .txt`; `adfq-sim run` adds `integer_evaluation` to each results entry (`IntegerRun`). A (method, bits) whose
+touching them) and each exported program with its op listing as `programs/<method>_<bits>.npz / .txt`; `adfq-sim run` adds `integer_evaluation` to each results entry (`runs.cells`). A (method, bits) whose
 quantizers the exporter cannot express yet is reported as not exported, with the reason; it is not
 counted as a mismatch.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,6 @@ import torch
 from adfq_sim.config import Config
 from adfq_sim.data.sources import build_data_source
 from adfq_sim.errors import UserInputError
-from adfq_sim.evaluate import agreement, fmt, top1
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.export import export
 from adfq_sim.intsim.faithful import run_faithful
@@ -55,45 +53,6 @@ def compare_codes(program: IntegerProgram, images: torch.Tensor) -> tuple[list[L
     outliers = {"count": sum(per_tensor.values()), "elements": sum(int(simulated[m].size) for m in pairs),
                 "per_tensor": per_tensor}
     return verify(simulated, faithful, program.tensor_formats()), outliers
-
-
-class IntegerRun:
-    """The integer simulator riding along the fake-quant evaluation pass (one read of the eval set feeds
-    both): call it on each eval batch, then `summary` gives the `integer_evaluation` entry."""
-
-    def __init__(self, qmodel: QuantModel, calib: list[torch.Tensor], verify_images: int, label: str) -> None:
-        start = time.perf_counter()
-        self.program, self.entry = try_export(qmodel, calib, label)
-        self.verify_images, self.label = verify_images, label
-        self.logits: list[torch.Tensor] = []
-        self.verified: list[torch.Tensor] = []
-        self.seconds = time.perf_counter() - start
-
-    def __call__(self, images: torch.Tensor) -> None:
-        if self.program is None:
-            return
-        start = time.perf_counter()
-        self.logits.append(torch.as_tensor(run_simulator(self.program, images)[0], dtype=torch.float64))
-        self.verified.append(images[:self.verify_images - sum(map(len, self.verified))])
-        self.seconds += time.perf_counter() - start
-
-    def summary(self, q_logits: torch.Tensor, labels: torch.Tensor | None, fp_logits: torch.Tensor) -> dict:
-        """Integer-simulator top-1, arg-max agreement with FP32 and with the (paper-style) fake-quant, plus
-        the verification on the first `verify_images` eval images: mismatched codes per tensor and PPOQ
-        outliers per tensor."""
-        if self.program is None:
-            return self.entry
-        start = time.perf_counter()
-        logits, verified = torch.cat(self.logits), torch.cat(self.verified)
-        reports, outliers = compare_codes(self.program, verified)
-        mismatches = total_mismatches(reports)
-        log.info("%s: integer simulator top1 %s; %d mismatched codes against the integer-faithful mode "
-                 "over %d tensors", self.label, fmt(top1(logits, labels)), mismatches, len(reports))
-        self.seconds += time.perf_counter() - start
-        return {**self.entry, "top1": top1(logits, labels), "agreement": agreement(logits, fp_logits),
-                "agreement_with_fake_quant": agreement(logits, q_logits),
-                "verify": {"images": len(verified), "tensors": len(reports), "mismatches": mismatches,
-                           "outliers": outliers, "layers": [r.as_dict() for r in reports]}}
 
 
 def _save(program: IntegerProgram, stem: Path) -> None:

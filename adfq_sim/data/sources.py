@@ -28,9 +28,12 @@ class DataSource:
     has_labels: bool
     description: dict
 
-    def batches(self, which: str, batch_size: int) -> Iterator[Batch]:
-        """Batches in a fixed order (no shuffling: results must not depend on the run)."""
+    def batches(self, which: str, batch_size: int, start: int = 0, stop: Optional[int] = None) -> Iterator[Batch]:
+        """Batches of images `start` to `stop` in a fixed order (no shuffling: results must not depend on
+        the run); an evaluation shard reads its own range."""
         dataset = self.calib if which == "calib" else self.eval
+        if start != 0 or stop is not None:
+            dataset = Subset(dataset, range(start, len(dataset) if stop is None else stop))
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
             yield (batch[0], batch[1]) if self.has_labels else (batch[0], None)
 

@@ -100,15 +100,15 @@ class QuantModel(nn.Module):
             if isinstance(module, Quantizer):
                 yield name, module
 
-    def outlier_ratios(self) -> dict[str, dict[str, float | None]]:
-        """Per outlier-aware quantizer: fraction of values on the sparse path (calibration and since
-        the last `reset_outlier_counters`)."""
-        ratios = {}
-        for name, q in self.named_quantizers():
-            if hasattr(q, "outlier_count"):
-                seen = q.element_count
-                ratios[name] = {"calib": q.calib_outlier_ratio, "eval": q.outlier_count / seen if seen else None}
-        return ratios
+    def outlier_counts(self) -> dict[str, tuple[int, int]]:
+        """Per outlier-aware quantizer: (values on the sparse path, values seen) since the last
+        `reset_outlier_counters`; counts of separate evaluations add up."""
+        return {name: (q.outlier_count, q.element_count) for name, q in self.named_quantizers()
+                if hasattr(q, "outlier_count")}
+
+    def calib_outlier_ratios(self) -> dict[str, float | None]:
+        """Per outlier-aware quantizer: fraction of the calibration values it put on the sparse path."""
+        return {name: q.calib_outlier_ratio for name, q in self.named_quantizers() if hasattr(q, "outlier_count")}
 
     def reset_outlier_counters(self) -> None:
         for _, q in self.named_quantizers():
