@@ -24,17 +24,20 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _config(args: argparse.Namespace):
-    """The validated config, with --out / --seed overriding the file."""
+    """The validated config, with --out / --seed / --executor overriding the file."""
     from adfq_sim.config import load_config
 
     overrides = {key: value for key, value in (("out", args.out), ("seed", args.seed)) if value is not None}
+    if getattr(args, "executor", None) is not None:
+        overrides["executor"] = {"kind": args.executor}
     return load_config(args.config, overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from adfq_sim.pipeline import run_experiment
 
-    folder = run_experiment(_config(args))
+    mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    folder = run_experiment(_config(args), mode)
     print(folder / "results.json")
     return 0
 
@@ -105,8 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Load the model and data the config names, evaluate FP32, calibrate and "
                                      "evaluate every (method, bits) pair on the integer simulator too, price "
                                      "each on the config's accelerators, and write <out>/<name>/ with "
-                                     "results.json, results.csv, run.log, plots/, report.md and report.html.")
+                                     "results.json, results.csv, run.log, plots/, report.md and report.html. "
+                                     "Each (method, bits) is kept as it finishes, so an interrupted run "
+                                     "continues with --resume; an existing run is replaced only with "
+                                     "--overwrite.")
     _experiment_arguments(run)
+    existing = run.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue an interrupted run of the same config: finished cells are read back, "
+                               "only the rest run")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="start again, replacing the run folder (and any interrupted run) of this config")
+    run.add_argument("--executor", choices=("local", "ray"),
+                     help="where the cells run (overrides the config's executor.kind; ray needs the [ray] extra)")
     run.set_defaults(func=_cmd_run)
 
     ver = sub.add_parser("verify", help="check the integer-only simulator against the integer-faithful fake-quant",

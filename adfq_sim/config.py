@@ -21,6 +21,7 @@ from adfq_sim.data.options import DataConfig, check_data
 from adfq_sim.errors import UserInputError
 from adfq_sim.models.options import ModelConfig, check_model
 from adfq_sim.quant.options import QuantConfig, check_quant
+from adfq_sim.runs.options import ExecutorConfig, check_executor
 from adfq_sim.schema import build_dataclass, check_choice, read_yaml_mapping
 
 
@@ -49,6 +50,7 @@ class Config:
     out: str = "runs"
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,6 +67,7 @@ def _validate(cfg: Config) -> None:
     if cfg.verify.images < 1:
         raise UserInputError(f"verify.images: must be >= 1, got {cfg.verify.images}")
     _validate_report(cfg.report, q)
+    check_executor(cfg.executor)
 
     from hw_models.spec import load_specs  # here: hw_models imports numpy; importing config stays cheap
 
@@ -88,10 +91,22 @@ def _validate_report(r: ReportConfig, q: QuantConfig) -> None:
         check_choice(bits, tuple(q.bits), "report.focus (bits)")
 
 
+def _merged(raw: dict, overrides: dict) -> dict:
+    """`raw` with `overrides` on top; a mapping override sets only the keys it names in that section."""
+    merged = dict(raw)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:
-    """Read, type-check and validate a YAML config. `overrides` are top-level keys (e.g. from the CLI)."""
+    """Read, type-check and validate a YAML config. `overrides` are keys from the command line, e.g.
+    {"out": "runs", "executor": {"kind": "ray"}}."""
     path = Path(path)
-    raw = {"name": path.stem, **read_yaml_mapping(path, "config"), **(overrides or {})}
+    raw = _merged({"name": path.stem, **read_yaml_mapping(path, "config")}, overrides or {})
     try:
         cfg = build_dataclass(Config, raw, "")
         _validate(cfg)

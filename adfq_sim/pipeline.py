@@ -1,10 +1,13 @@
-"""One run, end to end: model -> data -> FP32 reference -> calibrate + evaluate each (method, bits).
+"""One run, end to end: FP32 reference, then every (method, bits) cell, then the report.
 
-`run_experiment` is the whole job as a plain function; the CLI only parses arguments and calls it.
+`run_experiment` is the whole job as a plain function; the CLI only parses arguments and calls it. The
+cells run on the configured executor (`runs.local` or `runs.ray_executor`) and are kept in the run's
+working folder as they finish (`runs.folder`), so an interrupted run continues with `--resume`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -13,80 +16,23 @@ from pathlib import Path
 import torch
 
 from adfq_sim.config import Config
-from adfq_sim.data.sources import DataSource, build_data_source
-from adfq_sim.distributions import capture, quantizer_forms
 from adfq_sim.environment import environment
-from adfq_sim.evaluate import agreement, collect_logits, fmt, sqnr_db, top1
-from adfq_sim.intsim.program import IntegerProgram
-from adfq_sim.models.loading import load_model
-from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.methods import build_recipe
-from adfq_sim.quant.options import parse_bits
-from adfq_sim.rundir import RESULTS_SCHEMA_VERSION, atomic_run_dir
-from adfq_sim.verification import IntegerRun
-from hw_models.cost import cost
-from hw_models.spec import AcceleratorSpec, load_specs
-from hw_models.workload import workload
+from adfq_sim.errors import UserInputError
+from adfq_sim.evaluate import fmt
+from adfq_sim.rundir import RESULTS_SCHEMA_VERSION
+from adfq_sim.runs.cells import Cell, fp32_entry, run_cells
+from adfq_sim.runs.context import RunContext, build_context
+from adfq_sim.runs.folder import RunFolder, fingerprint
+from adfq_sim.runs.local import LocalExecutor
+from adfq_sim.runs.progress import RunProgress
+from adfq_sim.threads import run_threads
 from reports.render import render
 from reports.tables import results_csv
 
 log = logging.getLogger("adfq_sim")
 
-
-def _batches_total(count: int, batch_size: int) -> int:
-    return -(-count // batch_size)
-
-
-def quantize_and_evaluate(model: torch.nn.Module, data: DataSource, cfg: Config, method: str, bits: str,
-                          calib_batches: list[torch.Tensor], fp_logits: torch.Tensor,
-                          labels: torch.Tensor | None, specs: list[AcceleratorSpec],
-                          distributions: dict | None) -> dict:
-    """Calibrate one (method, bits) on the calibration images, compare it with FP32 on the eval set and
-    price its integer program on each accelerator."""
-    w_bits, a_bits = parse_bits(bits)
-    start = time.perf_counter()
-    qmodel = quantize_model(model, build_recipe(method, cfg.quant), w_bits, a_bits, calib_batches)
-    calibrate_s = time.perf_counter() - start
-    integer = IntegerRun(qmodel, calib_batches, cfg.verify.images, f"{method} {bits}")  # exports the program
-    exported_s = integer.seconds
-    start = time.perf_counter()
-    qmodel.reset_outlier_counters()
-    q_logits, _ = collect_logits(qmodel, data.batches("eval", cfg.data.batch_size),
-                                 _batches_total(data.description["eval_images"], cfg.data.batch_size),
-                                 f"eval {method} {bits}", also=integer)
-    eval_s = time.perf_counter() - start - (integer.seconds - exported_s)  # the simulator's share is integer_s
-    integer_entry = integer.summary(q_logits, labels, fp_logits)
-    return {
-        "method": method,
-        "bits": bits,
-        "w_bits": w_bits,
-        "a_bits": a_bits,
-        "top1": top1(q_logits, labels),
-        "agreement": agreement(q_logits, fp_logits),
-        "sqnr_db": sqnr_db(q_logits, fp_logits),
-        "outlier_ratio": qmodel.outlier_ratios(),
-        "optimization": qmodel.optimization_report,
-        "quantizers": quantizer_forms(qmodel, distributions),
-        "integer_evaluation": integer_entry,
-        "cost": _costs(integer.program, integer_entry, specs),
-        "timings": {"calibrate_s": calibrate_s, "eval_s": eval_s, "integer_s": integer.seconds},
-    }
-
-
-def _costs(program: IntegerProgram | None, integer: dict, specs: list[AcceleratorSpec]) -> dict | None:
-    """One inference of the exported program on each accelerator, by accelerator name: totals and
-    per-layer rows (None where there is no program); PPOQ outliers priced at their measured rate on the
-    verified images."""
-    if program is None:
-        return None
-    verified = integer["verify"]
-    per_image = {name: count / verified["images"] for name, count in verified["outliers"]["per_tensor"].items()}
-    load = workload(program, per_image)
-    return {spec.name: cost(load, spec).to_dict() for spec in specs}
-
-
 def _attach_log(folder: Path) -> logging.Handler:
-    """run.log gets the run's INFO messages whatever the caller's logging setup."""
+    """run.log gets the run's INFO messages whatever the caller's logging setup (appended on --resume)."""
     handler = logging.FileHandler(folder / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     if log.level == logging.NOTSET:
@@ -95,21 +41,46 @@ def _attach_log(folder: Path) -> logging.Handler:
     return handler
 
 
-def run_experiment(cfg: Config) -> Path:
-    """Run the configured experiment and write `<out>/<name>/` (results.json, results.csv, run.log), then
-    its plots and reports."""
+def _executor(ctx: RunContext, threads: int):
+    """The configured executor; Ray is imported only here, and only when asked for."""
+    if ctx.cfg.executor.kind == "local":
+        return LocalExecutor(ctx)
+    if importlib.util.find_spec("ray") is None:
+        raise UserInputError("executor.kind: ray needs Ray, an optional extra: pip install -e \".[ray]\" "
+                             "(or pip install \"adfq-sim[ray]\")")
+    from adfq_sim.runs.ray_executor import RayExecutor
+
+    return RayExecutor(ctx, threads)
+
+
+def run_experiment(cfg: Config, mode: str = "new") -> Path:
+    """Run the configured experiment into `<out>/<name>/` (results.json, results.csv, run.log, plots and
+    reports). `mode`: new (refuses an existing run), resume (continues an interrupted one) or overwrite."""
     started = time.perf_counter()
-    final = Path(cfg.out) / cfg.name
-    with atomic_run_dir(final) as folder:
-        handler = _attach_log(folder)
+    threads = cfg.executor.threads or torch.get_num_threads()
+    folder = RunFolder(Path(cfg.out) / cfg.name, fingerprint(cfg.to_dict(), threads))
+    if not folder.check(mode):
+        log.info("nothing to resume: %s is complete", folder.final)
+        return folder.final
+    with run_threads(threads):
+        ctx = build_context(cfg)  # bad model or data files fail here, before the folder exists
+        executor = _executor(ctx, threads)
         try:
-            results = _run(cfg)
+            folder.open(mode)
+            handler = _attach_log(folder.work)
+            try:
+                results = _run(ctx, executor, folder, threads)
+            except BaseException as exc:
+                _abandon(folder, exc)
+                raise
+            finally:
+                log.removeHandler(handler)
+                handler.close()
         finally:
-            log.removeHandler(handler)
-            handler.close()
-        results["timings"] = {"total_s": time.perf_counter() - started}
-        _write_text(folder / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
-        _write_text(folder / "results.csv", results_csv(results))
+            executor.close()
+    results["timings"] = {"total_s": time.perf_counter() - started}
+    final = folder.finish({"results.json": json.dumps(results, indent=2, allow_nan=False) + "\n",
+                           "results.csv": results_csv(results)})
     # Rendered once the results are in place: a plotting failure must not take the run's results with it
     # (`adfq-sim report` can draw them again), and the report files are each written atomically.
     start = time.perf_counter()
@@ -118,52 +89,67 @@ def run_experiment(cfg: Config) -> Path:
     return final
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
+def _abandon(folder: RunFolder, exc: BaseException) -> None:
+    """Keep finished work for --resume and say so in the error's one line (or in the log on Ctrl-C)."""
+    if not folder.abandon():
+        return
+    kept = f"finished cells are kept in {folder.work}: continue with --resume"
+    if isinstance(exc, UserInputError):
+        exc.args = (f"{exc} ({kept})",)
+    else:
+        log.warning("%s", kept)
 
 
-def _run(cfg: Config) -> dict:
-    torch.manual_seed(cfg.seed)
-    specs = load_specs(cfg.hardware)
-    loaded = load_model(cfg.model)
-    data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)
-    log.info("model %s (%s, %d classes); data %s: %d calibration / %d eval images", cfg.model.name,
-             loaded.source, loaded.num_classes, cfg.data.kind, data.description["calib_images"],
-             data.description["eval_images"])
-    bs = cfg.data.batch_size
-    start = time.perf_counter()
-    fp_logits, labels = collect_logits(loaded.model, data.batches("eval", bs),
-                                       _batches_total(data.description["eval_images"], bs), "eval fp32")
-    fp32 = {"top1": top1(fp_logits, labels), "timings": {"eval_s": time.perf_counter() - start}}
-    # Calibration images are read once and shared by every (method, bits).
-    calib_batches = [images for images, _ in data.batches("calib", bs)]
-    log.info("fp32: top1 %s", fmt(fp32["top1"]))
-    distributions = capture(loaded.model, calib_batches[0])
-    entries = []
-    for bits in cfg.quant.bits:
-        for method in cfg.quant.methods:
-            entry = quantize_and_evaluate(loaded.model, data, cfg, method, bits, calib_batches, fp_logits, labels,
-                                          specs, distributions)
-            log.info("%s %s: top1 %s, agreement %.2f %%, SQNR %s dB", method, bits, fmt(entry["top1"]),
-                     entry["agreement"], fmt(entry["sqnr_db"]))
-            for c in (entry["cost"] or {}).values():
-                log.info("%s %s on %s: %.1f uJ, %.3f ms per inference, %.2f effective TOPS/W", method, bits,
-                         c["accelerator"], c["energy_per_inference_uj"], c["latency_ms"], c["effective_tops_per_w"])
-            entries.append(entry)
+def _run(ctx: RunContext, executor, folder: RunFolder, threads: int) -> dict:
+    cfg = ctx.cfg
+    cells = run_cells(cfg)
+    done = folder.read_cells()
+    fp32 = folder.read_fp32()
+    log.info("model %s (%s, %d classes); data %s: %d calibration / %d eval images; %s executor, %d threads, "
+             "%d eval shards", cfg.model.name, ctx.loaded.source, ctx.loaded.num_classes, cfg.data.kind,
+             ctx.data.description["calib_images"], ctx.eval_images, cfg.executor.kind, threads, executor.shards)
+    if done:
+        log.info("resuming: %d of %d cells read back (%s)", len(done), len(cells), ", ".join(sorted(done)))
+    progress = RunProgress(ctx.eval_images, len(cells), len(done), fp32 is not None)
+    try:
+        if fp32 is None:
+            fp32 = executor.evaluate_fp32(progress)
+            folder.write_fp32(fp32)
+        log.info("fp32: top1 %s", fmt(fp32_entry(fp32)["top1"]))
+
+        def finished(cell: Cell, entry: dict) -> None:
+            folder.write_cell(cell, entry)
+            done[cell.key] = entry
+            progress.cell_done()
+            _log_entry(entry)
+
+        executor.run_cells([c for c in cells if c.key not in done], fp32, progress, finished)
+    finally:
+        progress.close()
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "config": cfg.to_dict(),
-        "environment": environment(),
-        "model": {"name": cfg.model.name, "source": loaded.source, "checkpoint": loaded.checkpoint,
-                  "num_classes": loaded.num_classes,
-                  "parameters": sum(p.numel() for p in loaded.model.parameters())},
-        "data": data.description,
+        "environment": {**environment(), "executor": {"kind": cfg.executor.kind, "threads": threads,
+                                                      "eval_shards": executor.shards}},
+        "model": {"name": cfg.model.name, "source": ctx.loaded.source, "checkpoint": ctx.loaded.checkpoint,
+                  "num_classes": ctx.loaded.num_classes,
+                  "parameters": sum(p.numel() for p in ctx.model.parameters())},
+        "data": ctx.data.description,
         "quantized_ops": QUANTIZED_OPS,
-        "hardware": [spec.to_dict() for spec in specs],
-        "fp32": fp32,
-        "distributions": distributions,
-        "results": entries,
+        "hardware": [spec.to_dict() for spec in ctx.specs],
+        "fp32": fp32_entry(fp32),
+        "distributions": ctx.distributions,
+        "results": [done[c.key] for c in cells],
     }
+
+
+def _log_entry(entry: dict) -> None:
+    method, bits = entry["method"], entry["bits"]
+    log.info("%s %s: top1 %s, agreement %.2f %%, SQNR %s dB", method, bits, fmt(entry["top1"]), entry["agreement"],
+             fmt(entry["sqnr_db"]))
+    for c in (entry["cost"] or {}).values():
+        log.info("%s %s on %s: %.1f uJ, %.3f ms per inference, %.2f effective TOPS/W", method, bits,
+                 c["accelerator"], c["energy_per_inference_uj"], c["latency_ms"], c["effective_tops_per_w"])
 
 
 # What every fake-quant number in results.json quantizes (printed next to the numbers, as published
