@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adfq_sim.cli import build_parser
+from adfq_sim.cli import build_parser, main
 from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
 
 
@@ -25,6 +25,16 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -
     assert len(lines) == 1, proc.stderr
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def _main_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """The one stderr line of `adfq-sim ARGV` run in this process, which must exit with status 2."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("adfq-sim: error: "), err
+    return lines[0]
 
 
 def test_help_lists_every_option() -> None:
@@ -50,6 +60,21 @@ def test_missing_config_and_bad_arguments(tmp_path: Path) -> None:
     _assert_one_line_error(_cli("run", "--config", "nope.yaml", cwd=tmp_path), "nope.yaml")
     _assert_one_line_error(_cli("run", cwd=tmp_path), "--config")
     _assert_one_line_error(_cli("run", "--config", "x.yaml", "--seed", "one", cwd=tmp_path), "--seed")
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"\xff\xfe\x00binary", "not UTF-8 text (byte 0xff at offset 0)"),
+    ("name: caf\u00e9\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 9)"),
+    (b"quant: [unclosed\n", "line 2 not valid YAML"),
+    (b"seed: 1\x00\n", "line 1 not valid YAML (character U+0000"),
+], ids=["binary", "latin-1", "syntax", "control-character"])
+def test_config_that_is_not_yaml_text_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes,
+                                                   reason: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    line = _main_error(capsys, "run", "--config", str(path), "--out", str(tmp_path / "runs"))
+    assert f"{path}: {reason}" in line
+    assert not (tmp_path / "runs").exists()
 
 
 def test_class_count_mismatch_leaves_no_run_folder(tmp_path: Path, tiny_checkpoint, image_folder: Path) -> None:

@@ -112,3 +112,27 @@ def test_parse_bits_rejects(text: str) -> None:
 def test_the_methods_the_config_accepts_are_the_methods_with_recipes() -> None:
     assert tuple(METHODS) == METHOD_NAMES  # same order too: errors list the names in this order
     assert set(QuantConfig().methods) <= set(METHOD_NAMES)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"\xff\xfe\x00binary", "not UTF-8 text (byte 0xff at offset 0)"),
+    ("seed: 1\nname: caf\u00e9\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 17)"),
+    (b"seed: 1\x00\n", "line 1 not valid YAML (character U+0000: special characters are not allowed)"),
+], ids=["binary", "latin-1", "control-character"])
+def test_config_that_is_not_utf8_yaml_text_names_the_file(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserInputError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: {reason}"
+
+
+def test_accelerator_spec_that_is_not_utf8_names_the_spec_file(tmp_path: Path) -> None:
+    spec = tmp_path / "npu.yaml"
+    spec.write_bytes("name: n\u00e9\n".encode("latin-1"))
+    path = write_config(tmp_path / "c.yaml", {"hardware": str(spec)})
+    with pytest.raises(UserInputError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    assert f"{spec}: not UTF-8 text (byte 0xe9 at offset 7)" in message
