@@ -93,6 +93,20 @@ def test_class_count_mismatch_leaves_no_run_folder(tmp_path: Path, tiny_checkpoi
     assert not (tmp_path / "runs").exists()
 
 
+def test_unreadable_image_is_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       tiny_checkpoint, image_folder: Path) -> None:
+    path, _ = tiny_checkpoint
+    broken = image_folder / "val" / "class_1" / "broken.JPEG"
+    broken.write_bytes(b"not an image")
+    write_config(tmp_path / "c.yaml", {
+        "model": {"name": TINY_VIT_NAME, "checkpoint": str(path), "kwargs": TINY_VIT_KWARGS},
+        "data": {"kind": "imagefolder", "root": str(image_folder), "calib_images": 4},
+        "quant": {"methods": ["minmax"], "bits": ["w8a8"]},
+    })
+    line = _main_error(capsys, "run", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "runs"))
+    assert line == f"adfq-sim: error: {broken}: not a readable image (cannot identify image file)"
+
+
 @pytest.mark.parametrize("argv", [["run", "--help"], ["--help"], ["train-demo", "--help"], ["verify", "--help"],
                                   ["report", "--help"]])
 def test_help_exits_zero(tmp_path: Path, argv: list[str]) -> None:
