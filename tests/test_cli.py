@@ -105,6 +105,19 @@ def test_unreadable_image_is_one_line_naming_the_file(tmp_path: Path, capsys: py
     })
     line = _main_error(capsys, "run", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "runs"))
     assert line == f"adfq-sim: error: {broken}: not a readable image (cannot identify image file)"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_mean_with_the_wrong_channel_count_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+    write_config(tmp_path / "c.yaml", {
+        "model": {"name": "deit_tiny_patch16_224", "random_init": True, "num_classes": 10},
+        "data": {"kind": "imagefolder", "root": str(tmp_path / "images"), "mean": [0.5, 0.5]},
+    })
+    line = _main_error(capsys, "run", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "runs"))
+    assert "data.mean: 2 values for a 3-channel model" in line
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("argv", [["run", "--help"], ["--help"], ["train-demo", "--help"], ["verify", "--help"],

@@ -136,3 +136,43 @@ def test_accelerator_spec_that_is_not_utf8_names_the_spec_file(tmp_path: Path) -
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{path}: ")
     assert f"{spec}: not UTF-8 text (byte 0xe9 at offset 7)" in message
+
+
+DEIT = {"name": "deit_tiny_patch16_224", "random_init": True, "num_classes": 10}
+
+
+def _imagefolder_config(tmp_path: Path, data: dict, model: dict) -> Path:
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True, exist_ok=True)
+    return write_config(tmp_path / "c.yaml", {"model": model, "data": {"kind": "imagefolder",
+                                                                       "root": str(tmp_path / "images"), **data}})
+
+
+@pytest.mark.parametrize("data, model, fragments", [
+    ({"mean": [0.5, 0.5]}, DEIT, ["data.mean: 2 values for a 3-channel model", "[0.5, 0.5]"]),
+    ({"std": [0.2] * 4}, DEIT, ["data.std: 4 values for a 3-channel model"]),
+    ({"mean": [0.5] * 3}, {**DEIT, "kwargs": {"in_chans": 1}}, ["data.mean: 3 values for a 1-channel model"]),
+    ({"mean": [0.5] * 3}, {}, ["data.mean: 3 values for a 1-channel model"]),  # the demo ViT
+    ({"mean": []}, DEIT, ["data.mean: expected one value per channel"]),
+    ({"mean": [0.5, float("nan"), 0.5]}, DEIT, ["data.mean: values must be finite"]),
+    ({"std": [0.5, float("inf"), 0.5]}, DEIT, ["data.std: values must be finite"]),
+    ({"std": [0.5, 0.0, 0.5]}, DEIT, ["data.std: values must be > 0"]),
+    ({"std": [-0.5]}, DEIT, ["data.std: values must be > 0"]),
+], ids=["mean-2", "std-4", "in_chans-1", "demo", "empty", "nan", "inf", "zero-std", "negative-std"])
+def test_mean_and_std_are_checked_against_the_model_channels(tmp_path: Path, data: dict, model: dict,
+                                                             fragments: list[str]) -> None:
+    path = _imagefolder_config(tmp_path, data, model)
+    with pytest.raises(UserInputError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: data.")
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize("data, model", [({"mean": [0.5] * 3, "std": [0.5]}, DEIT),
+                                         ({"mean": [0.5]}, {**DEIT, "kwargs": {"in_chans": 1}}),
+                                         ({"std": [0.25]}, {})])
+def test_mean_and_std_per_channel_or_one_for_all(tmp_path: Path, data: dict, model: dict) -> None:
+    cfg = load_config(_imagefolder_config(tmp_path, data, model))
+    assert (cfg.data.mean, cfg.data.std) == (data.get("mean"), data.get("std"))

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from adfq_sim.data.options import DataConfig
-from adfq_sim.data.sources import build_data_source, read_rgb_image
+from adfq_sim.data.sources import build_data_source, eval_data_config, read_rgb_image
 from adfq_sim.errors import UserInputError
 from conftest import tiny_vit, write_image_folder
 
@@ -48,3 +48,14 @@ def test_image_folder_loader_converts_to_rgb_and_pickles(tmp_path: Path) -> None
     copy = pickle.loads(pickle.dumps(source.eval))  # datasets travel to Ray workers
     assert copy.loader is read_rgb_image and copy.samples[1][0] == str(gray)
     assert copy[1][0].shape == (3, 32, 32) and copy[1][1] == 1
+
+
+def test_eval_data_config_checks_mean_and_std_against_the_built_model() -> None:
+    """The last guard (config validation catches this first): timm itself would only `assert`."""
+    model = tiny_vit()
+    with pytest.raises(UserInputError, match=r"^data\.mean: 2 values for a 3-channel model"):
+        eval_data_config(model, DataConfig(kind="imagefolder", mean=[0.5, 0.5]))
+    with pytest.raises(UserInputError, match=r"^data\.std: values must be > 0"):
+        eval_data_config(model, DataConfig(kind="imagefolder", std=[0.0]))
+    data_cfg = eval_data_config(model, DataConfig(kind="imagefolder", mean=[0.5], std=[0.1, 0.2, 0.3]))
+    assert data_cfg["mean"] == (0.5, 0.5, 0.5) and data_cfg["std"] == (0.1, 0.2, 0.3)

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from adfq_sim.data.demo import load_demo_split
-from adfq_sim.data.options import DEFAULT_RANDOM_EVAL_IMAGES, DataConfig
+from adfq_sim.data.options import DEFAULT_RANDOM_EVAL_IMAGES, DataConfig, check_channel_values
 from adfq_sim.errors import UserInputError
 
 Batch = tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -57,16 +57,16 @@ def model_input_size(model: torch.nn.Module) -> tuple[int, int, int]:
 
 
 def eval_data_config(model: torch.nn.Module, cfg: DataConfig) -> dict:
-    """timm's eval data config for the model (crop_pct / mean / std overridable from the config)."""
+    """timm's eval data config for the model (crop_pct / mean / std overridable from the config). The
+    config's mean / std are checked against the built model's channels first: timm only asserts."""
     from timm.data import resolve_data_config
 
+    input_size = model_input_size(model)
     overrides = {key: getattr(cfg, key) for key in ("crop_pct", "mean", "std") if getattr(cfg, key) is not None}
-    data_cfg = resolve_data_config({"input_size": model_input_size(model), **overrides}, model=model)
-    channels = data_cfg["input_size"][0]
     for key in ("mean", "std"):
-        if len(data_cfg[key]) != channels:
-            raise UserInputError(f"data.{key}: {len(data_cfg[key])} values for a {channels}-channel model")
-    return data_cfg
+        if key in overrides:
+            check_channel_values(key, overrides[key], input_size[0])
+    return resolve_data_config({"input_size": input_size, **overrides}, model=model)
 
 
 def read_rgb_image(path: str) -> Image.Image:
