@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 from adfq_sim.data.options import DataConfig, check_data
 from adfq_sim.errors import UserInputError
-from adfq_sim.models.options import ModelConfig, check_model
+from adfq_sim.models.options import ModelConfig, check_model, input_channels
 from adfq_sim.quant.options import QuantConfig, check_quant
 from adfq_sim.runs.options import ExecutorConfig, check_executor
 from adfq_sim.schema import build_dataclass, check_choice, read_yaml_mapping
@@ -62,7 +62,8 @@ def _validate(cfg: Config) -> None:
         raise UserInputError(f"name: {cfg.name!r} must be a plain folder name (letters, digits, . _ -)")
     m, d, q = cfg.model, cfg.data, cfg.quant
     check_model(m)
-    check_data(d, m.name)
+    normalizes = d.kind == "imagefolder" and (d.mean is not None or d.std is not None)
+    check_data(d, m.name, input_channels(m) if normalizes else None)
     check_quant(q, d.calib_images)
     if cfg.verify.images < 1:
         raise UserInputError(f"verify.images: must be >= 1, got {cfg.verify.images}")

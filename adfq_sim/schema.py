@@ -89,11 +89,26 @@ def check_choice(value: str, choices: typing.Iterable[str], where: str) -> None:
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
-    """The YAML mapping in `path` (empty file: {}); a missing file or bad YAML is a UserInputError."""
+    """The YAML mapping in `path` (empty file: {}); a missing or unreadable file, bytes that are not UTF-8
+    or bad YAML is a UserInputError naming the file.
+
+    The bytes are decoded as UTF-8 here rather than by `read_text` (the locale's encoding) or by PyYAML
+    (which would take a leading 0xff 0xfe for UTF-16): configs and specs are UTF-8 text everywhere."""
     if not path.is_file():
         raise UserInputError(f"{what} file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.reader.ReaderError as exc:  # a control character: its str() spans two lines
+        line = text.count("\n", 0, exc.position) + 1
+        raise UserInputError(f"{path}: line {line} not valid YAML (character U+{exc.character:04X}: {exc.reason})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

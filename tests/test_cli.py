@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adfq_sim.cli import build_parser
+from adfq_sim.cli import build_parser, main
 from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
 
 
@@ -25,6 +25,16 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -
     assert len(lines) == 1, proc.stderr
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def _main_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """The one stderr line of `adfq-sim ARGV` run in this process, which must exit with status 2."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("adfq-sim: error: "), err
+    return lines[0]
 
 
 def test_help_lists_every_option() -> None:
@@ -52,6 +62,21 @@ def test_missing_config_and_bad_arguments(tmp_path: Path) -> None:
     _assert_one_line_error(_cli("run", "--config", "x.yaml", "--seed", "one", cwd=tmp_path), "--seed")
 
 
+@pytest.mark.parametrize("content, reason", [
+    (b"\xff\xfe\x00binary", "not UTF-8 text (byte 0xff at offset 0)"),
+    ("name: caf\u00e9\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 9)"),
+    (b"quant: [unclosed\n", "line 2 not valid YAML"),
+    (b"seed: 1\x00\n", "line 1 not valid YAML (character U+0000"),
+], ids=["binary", "latin-1", "syntax", "control-character"])
+def test_config_that_is_not_yaml_text_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes,
+                                                   reason: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    line = _main_error(capsys, "run", "--config", str(path), "--out", str(tmp_path / "runs"))
+    assert f"{path}: {reason}" in line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_class_count_mismatch_leaves_no_run_folder(tmp_path: Path, tiny_checkpoint, image_folder: Path) -> None:
     path, _ = tiny_checkpoint  # 3 classes
     (image_folder / "train" / "class_3").mkdir()
@@ -65,6 +90,33 @@ def test_class_count_mismatch_leaves_no_run_folder(tmp_path: Path, tiny_checkpoi
     })
     proc = _cli("run", "--config", "c.yaml", "--out", "runs", cwd=tmp_path)
     _assert_one_line_error(proc, "data.root", "4 class folders", "3 classes")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreadable_image_is_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       tiny_checkpoint, image_folder: Path) -> None:
+    path, _ = tiny_checkpoint
+    broken = image_folder / "val" / "class_1" / "broken.JPEG"
+    broken.write_bytes(b"not an image")
+    write_config(tmp_path / "c.yaml", {
+        "model": {"name": TINY_VIT_NAME, "checkpoint": str(path), "kwargs": TINY_VIT_KWARGS},
+        "data": {"kind": "imagefolder", "root": str(image_folder), "calib_images": 4},
+        "quant": {"methods": ["minmax"], "bits": ["w8a8"]},
+    })
+    line = _main_error(capsys, "run", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "runs"))
+    assert line == f"adfq-sim: error: {broken}: not a readable image (cannot identify image file)"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_mean_with_the_wrong_channel_count_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+    write_config(tmp_path / "c.yaml", {
+        "model": {"name": "deit_tiny_patch16_224", "random_init": True, "num_classes": 10},
+        "data": {"kind": "imagefolder", "root": str(tmp_path / "images"), "mean": [0.5, 0.5]},
+    })
+    line = _main_error(capsys, "run", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "runs"))
+    assert "data.mean: 2 values for a 3-channel model" in line
     assert not (tmp_path / "runs").exists()
 
 

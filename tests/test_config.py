@@ -112,3 +112,67 @@ def test_parse_bits_rejects(text: str) -> None:
 def test_the_methods_the_config_accepts_are_the_methods_with_recipes() -> None:
     assert tuple(METHODS) == METHOD_NAMES  # same order too: errors list the names in this order
     assert set(QuantConfig().methods) <= set(METHOD_NAMES)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"\xff\xfe\x00binary", "not UTF-8 text (byte 0xff at offset 0)"),
+    ("seed: 1\nname: caf\u00e9\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 17)"),
+    (b"seed: 1\x00\n", "line 1 not valid YAML (character U+0000: special characters are not allowed)"),
+], ids=["binary", "latin-1", "control-character"])
+def test_config_that_is_not_utf8_yaml_text_names_the_file(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserInputError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: {reason}"
+
+
+def test_accelerator_spec_that_is_not_utf8_names_the_spec_file(tmp_path: Path) -> None:
+    spec = tmp_path / "npu.yaml"
+    spec.write_bytes("name: n\u00e9\n".encode("latin-1"))
+    path = write_config(tmp_path / "c.yaml", {"hardware": str(spec)})
+    with pytest.raises(UserInputError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    assert f"{spec}: not UTF-8 text (byte 0xe9 at offset 7)" in message
+
+
+DEIT = {"name": "deit_tiny_patch16_224", "random_init": True, "num_classes": 10}
+
+
+def _imagefolder_config(tmp_path: Path, data: dict, model: dict) -> Path:
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True, exist_ok=True)
+    return write_config(tmp_path / "c.yaml", {"model": model, "data": {"kind": "imagefolder",
+                                                                       "root": str(tmp_path / "images"), **data}})
+
+
+@pytest.mark.parametrize("data, model, fragments", [
+    ({"mean": [0.5, 0.5]}, DEIT, ["data.mean: 2 values for a 3-channel model", "[0.5, 0.5]"]),
+    ({"std": [0.2] * 4}, DEIT, ["data.std: 4 values for a 3-channel model"]),
+    ({"mean": [0.5] * 3}, {**DEIT, "kwargs": {"in_chans": 1}}, ["data.mean: 3 values for a 1-channel model"]),
+    ({"mean": [0.5] * 3}, {}, ["data.mean: 3 values for a 1-channel model"]),  # the demo ViT
+    ({"mean": []}, DEIT, ["data.mean: expected one value per channel"]),
+    ({"mean": [0.5, float("nan"), 0.5]}, DEIT, ["data.mean: values must be finite"]),
+    ({"std": [0.5, float("inf"), 0.5]}, DEIT, ["data.std: values must be finite"]),
+    ({"std": [0.5, 0.0, 0.5]}, DEIT, ["data.std: values must be > 0"]),
+    ({"std": [-0.5]}, DEIT, ["data.std: values must be > 0"]),
+], ids=["mean-2", "std-4", "in_chans-1", "demo", "empty", "nan", "inf", "zero-std", "negative-std"])
+def test_mean_and_std_are_checked_against_the_model_channels(tmp_path: Path, data: dict, model: dict,
+                                                             fragments: list[str]) -> None:
+    path = _imagefolder_config(tmp_path, data, model)
+    with pytest.raises(UserInputError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: data.")
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize("data, model", [({"mean": [0.5] * 3, "std": [0.5]}, DEIT),
+                                         ({"mean": [0.5]}, {**DEIT, "kwargs": {"in_chans": 1}}),
+                                         ({"std": [0.25]}, {})])
+def test_mean_and_std_per_channel_or_one_for_all(tmp_path: Path, data: dict, model: dict) -> None:
+    cfg = load_config(_imagefolder_config(tmp_path, data, model))
+    assert (cfg.data.mean, cfg.data.std) == (data.get("mean"), data.get("std"))

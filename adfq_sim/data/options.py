@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,9 +28,28 @@ class DataConfig:
     std: Optional[list[float]] = None
 
 
-def check_data(d: DataConfig, model_name: str) -> None:
+def check_channel_values(key: str, values: list[float], channels: Optional[int]) -> None:
+    """`data.mean` or `data.std` (`key`): finite numbers (std > 0), one per channel of the model or a single
+    one that timm repeats for every channel; `channels` None: the count is not checked.
+
+    timm's resolve_data_config checks the count with a bare `assert`, which the user would meet as a
+    traceback; so this runs before it, and earlier still, from check_data, where the count is known."""
+    where = f"data.{key}"
+    if not values:
+        raise UserInputError(f"{where}: expected one value per channel, got []")
+    if not all(math.isfinite(v) for v in values):
+        raise UserInputError(f"{where}: values must be finite numbers, got {values}")
+    if key == "std" and min(values) <= 0:
+        raise UserInputError(f"{where}: values must be > 0, got {values}")
+    if channels is not None and len(values) not in (1, channels):
+        raise UserInputError(f"{where}: {len(values)} values for a {channels}-channel model "
+                             f"(give {channels}, or 1 for every channel), got {values}")
+
+
+def check_data(d: DataConfig, model_name: str, channels: Optional[int] = None) -> None:
     """What the types cannot say: folders exist, values are in range, options fit the kind. The model's
-    name is needed because the demo digits fit the demo model alone."""
+    name is needed because the demo digits fit the demo model alone; its input `channels`, where known,
+    because `mean` and `std` give one value per channel."""
     check_choice(d.kind, DATA_KINDS, "data.kind")
     if d.kind == "imagefolder":
         if d.root is None:
@@ -41,9 +61,8 @@ def check_data(d: DataConfig, model_name: str) -> None:
         if d.crop_pct is not None and not 0.0 < d.crop_pct <= 1.0:
             raise UserInputError(f"data.crop_pct: must be in (0, 1], got {d.crop_pct}")
         for key in ("mean", "std"):
-            values = getattr(d, key)
-            if values is not None and (not values or (key == "std" and min(values) <= 0)):
-                raise UserInputError(f"data.{key}: expected one value per channel{' (> 0)' if key == 'std' else ''}, got {values}")
+            if getattr(d, key) is not None:
+                check_channel_values(key, getattr(d, key), channels)
     else:
         for key in ("root", "crop_pct", "mean", "std"):
             if getattr(d, key) is not None:

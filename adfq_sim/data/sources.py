@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from adfq_sim.data.demo import load_demo_split
-from adfq_sim.data.options import DEFAULT_RANDOM_EVAL_IMAGES, DataConfig
+from adfq_sim.data.options import DEFAULT_RANDOM_EVAL_IMAGES, DataConfig, check_channel_values
 from adfq_sim.errors import UserInputError
 
 Batch = tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -59,26 +60,44 @@ def model_input_size(model: torch.nn.Module) -> tuple[int, int, int]:
 
 
 def eval_data_config(model: torch.nn.Module, cfg: DataConfig) -> dict:
-    """timm's eval data config for the model (crop_pct / mean / std overridable from the config)."""
+    """timm's eval data config for the model (crop_pct / mean / std overridable from the config). The
+    config's mean / std are checked against the built model's channels first: timm only asserts."""
     from timm.data import resolve_data_config
 
+    input_size = model_input_size(model)
     overrides = {key: getattr(cfg, key) for key in ("crop_pct", "mean", "std") if getattr(cfg, key) is not None}
-    data_cfg = resolve_data_config({"input_size": model_input_size(model), **overrides}, model=model)
-    channels = data_cfg["input_size"][0]
     for key in ("mean", "std"):
-        if len(data_cfg[key]) != channels:
-            raise UserInputError(f"data.{key}: {len(data_cfg[key])} values for a {channels}-channel model")
-    return data_cfg
+        if key in overrides:
+            check_channel_values(key, overrides[key], input_size[0])
+    return resolve_data_config({"input_size": input_size, **overrides}, model=model)
+
+
+def read_rgb_image(path: str) -> Image.Image:
+    """The image at `path` in RGB, as torchvision's default `pil_loader` reads it; a file that cannot be
+    opened or decoded is a UserInputError naming it.
+
+    ImageFolder lists files by extension alone, so a broken `.JPEG` is met only when a batch reads it,
+    mid-evaluation. Everything inside the `try` is PIL reading the user's file, and PIL fails in many
+    ways (OSError, SyntaxError, ValueError, struct.error, DecompressionBombError...), so any exception
+    there is taken as the file's fault. A module-level function, so that datasets pickle (Ray workers)."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except UnidentifiedImageError:  # its message ends in the file object's repr
+        reason = "cannot identify image file"
+    except Exception as exc:  # noqa: BLE001 (see the docstring)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+    raise UserInputError(f"{path}: not a readable image ({reason})")
 
 
 def _image_folder(root: Path, model: torch.nn.Module, cfg: DataConfig) -> tuple[Dataset, dict]:
-    """An ImageFolder with the model's own eval transform."""
+    """An ImageFolder with the model's own eval transform, whose unreadable files are user errors."""
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
 
     data_cfg = eval_data_config(model, cfg)
     try:
-        dataset = ImageFolder(str(root), transform=create_transform(**data_cfg))
+        dataset = ImageFolder(str(root), transform=create_transform(**data_cfg), loader=read_rgb_image)
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserInputError(f"data.root: {root}: {exc}") from None
     return dataset, {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()}

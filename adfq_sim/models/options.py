@@ -38,6 +38,23 @@ def check_model_name(name: str) -> None:
     raise UserInputError(f"model.name: {name!r} is neither 'demo' nor a timm model{hint}")
 
 
+def input_channels(m: ModelConfig) -> Optional[int]:
+    """The image channels the configured model will take, known before it is built (for checking
+    `data.mean` / `data.std` with the rest of the config): `model.kwargs.in_chans`, else the demo's or the
+    timm architecture's default; None where timm does not say. Call after check_model."""
+    in_chans = m.kwargs.get("in_chans")
+    if isinstance(in_chans, int) and not isinstance(in_chans, bool):
+        return in_chans
+    if m.name == "demo":
+        from adfq_sim.models.demo import DEMO_ARCH  # imports torch: asked only when mean / std are set
+
+        return int(DEMO_ARCH["in_chans"])
+    import timm
+
+    size = getattr(timm.get_pretrained_cfg(m.name), "input_size", None)
+    return int(size[0]) if size else None
+
+
 def check_model(m: ModelConfig) -> None:
     """What the types cannot say: the name is known, the checkpoint exists, weights have one source."""
     check_model_name(m.name)
