@@ -10,7 +10,7 @@ from importlib import metadata
 
 def environment() -> dict:
     versions = {}
-    for package in ("adfq-sim", "torch", "timm", "numpy", "numba", "torchvision", "matplotlib"):
+    for package in ("adfq-sim", "torch", "timm", "numpy", "numba", "torchvision", "matplotlib", "ray"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
