@@ -64,7 +64,7 @@ def _validate(cfg: Config) -> None:
     check_model(m)
     normalizes = d.kind == "imagefolder" and (d.mean is not None or d.std is not None)
     check_data(d, m.name, input_channels(m) if normalizes else None)
-    check_quant(q, d.calib_images)
+    check_quant(q, d.calib_images, gpu_here=cfg.executor.kind == "local")
     if cfg.verify.images < 1:
         raise UserInputError(f"verify.images: must be >= 1, got {cfg.verify.images}")
     _validate_report(cfg.report, q)

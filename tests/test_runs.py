@@ -219,3 +219,17 @@ def test_error_after_a_finished_cell_keeps_it_for_resume(tmp_path: Path, monkeyp
     monkeypatch.undo()
     resumed = _results(run_experiment(cfg, mode="resume"))
     assert _comparable(resumed)["results"] == _comparable(reference)["results"][:2]
+
+
+def test_cuda_asmo_on_a_ray_cluster_without_gpus_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The driver need not have the GPU a Ray cluster has; a cluster without one is named, not waited on."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    config = _config(tmp_path, "base", quant={**BASE["quant"], "methods": ["adfq"], "adfq": {"device": "cuda"}})
+    assert main(["run", "--config", str(config), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "adfq-sim: error: quant.adfq.device: cuda, but the Ray cluster has no GPU"
+    assert not (tmp_path / "runs").exists()

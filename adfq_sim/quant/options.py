@@ -93,9 +93,10 @@ def parse_bits(text: str, where: str = "quant.bits") -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def check_quant(q: QuantConfig, calib_images: int) -> None:
+def check_quant(q: QuantConfig, calib_images: int, gpu_here: bool = True) -> None:
     """What the types cannot say: known methods and bit-widths, each method's options in range.
-    `calib_images` (data.calib_images) bounds the images ASMO may reconstruct on."""
+    `calib_images` (data.calib_images) bounds the images ASMO may reconstruct on; `gpu_here`: ASMO runs
+    in this process, so `device: cuda` needs a GPU on this machine (on Ray: on the cluster, checked there)."""
     if not q.methods:
         raise UserInputError("quant.methods: at least one method is required")
     for i, method in enumerate(q.methods):
@@ -108,7 +109,7 @@ def check_quant(q: QuantConfig, calib_images: int) -> None:
     if not 50.0 < q.percentile.percentile <= 100.0:
         raise UserInputError(f"quant.percentile.percentile: must be in (50, 100], got {q.percentile.percentile}")
     _check_ptq4vit(q.ptq4vit)
-    _check_adfq(q.adfq, calib_images)
+    _check_adfq(q.adfq, calib_images, gpu_here)
 
 
 def _check_ptq4vit(p: Ptq4vitConfig) -> None:
@@ -120,7 +121,7 @@ def _check_ptq4vit(p: Ptq4vitConfig) -> None:
         raise UserInputError(f"quant.ptq4vit.alpha, beta: need 0 < alpha < beta, got {p.alpha}, {p.beta}")
 
 
-def _check_adfq(a: AdfqConfig, calib_images: int) -> None:
+def _check_adfq(a: AdfqConfig, calib_images: int, gpu_here: bool) -> None:
     check_choice(a.outliers, ("int16", "float"), "quant.adfq.outliers")
     check_choice(a.log_base, tuple(LOG_BASES), "quant.adfq.log_base")
     check_choice(a.profile, tuple(ASMO_PROFILES), "quant.adfq.profile")
@@ -140,7 +141,7 @@ def _check_adfq(a: AdfqConfig, calib_images: int) -> None:
     if a.asmo_images is not None and a.asmo_images > calib_images:
         raise UserInputError(f"quant.adfq.asmo_images: {a.asmo_images} exceeds data.calib_images "
                              f"({calib_images}); ASMO reconstructs on calibration images")
-    if a.device == "cuda":
+    if a.device == "cuda" and gpu_here:
         import torch  # here, not at the top: only a config asking for cuda loads torch
 
         if not torch.cuda.is_available():

@@ -88,7 +88,7 @@ class RayExecutor:
     def __init__(self, ctx: RunContext, threads: int) -> None:
         self.ctx, self.threads = ctx, threads
         address = ctx.cfg.executor.address
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
                  log_to_driver=os.environ.get("ADFQ_SIM_RAY_WORKER_LOGS") == "1", ignore_reinit_error=True)
         resources = ray.cluster_resources()
         largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
@@ -96,9 +96,12 @@ class RayExecutor:
             ray.shutdown()
             raise UserInputError(f"executor.threads: {threads} threads per task, but no Ray node has more than "
                                  f"{largest:g} CPUs")
+        self.gpus = resources.get("GPU", 0)
+        if "adfq" in ctx.cfg.quant.methods and ctx.cfg.quant.adfq.device == "cuda" and not self.gpus:
+            ray.shutdown()
+            raise UserInputError("quant.adfq.device: cuda, but the Ray cluster has no GPU")
         slots = int(resources.get("CPU", 1) // threads)
         self.ranges = eval_ranges(ctx.eval_images, ctx.cfg.data.batch_size, ctx.cfg.executor.eval_shards or slots)
-        self.gpus = resources.get("GPU", 0)
         self.cfg = _absolute_paths(ctx.cfg)
         log.info("ray %s: %g CPUs, %g GPUs; %d threads per task, %d eval shards", ray.__version__,
                  resources.get("CPU", 0), self.gpus, threads, len(self.ranges))
