@@ -233,3 +233,11 @@ def test_cuda_asmo_on_a_ray_cluster_without_gpus_is_one_line(tmp_path: Path, cap
     err = capsys.readouterr().err.strip()
     assert err == "adfq-sim: error: quant.adfq.device: cuda, but the Ray cluster has no GPU"
     assert not (tmp_path / "runs").exists()
+
+
+def test_out_under_a_file_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "afile").write_text("not a folder\n")
+    assert main(["run", "--config", str(_config(tmp_path, "base")), "--out", str(tmp_path / "afile" / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"adfq-sim: error: out: {tmp_path / 'afile'} is a file, not a folder"
+    assert (tmp_path / "afile").read_text() == "not a folder\n"
