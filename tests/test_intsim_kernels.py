@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adfq_sim.intsim import kernels, nonlinear, nonlinear_reference, reference
+from adfq_sim.intsim import kernels, log_gemm, nonlinear, nonlinear_reference, reference
 from adfq_sim.intsim.bounds import (INT32_MAX, AccBound, AccumulatorOverflowError, check_int32, dense_bound,
                                     log_shift_bound)
 from adfq_sim.intsim.dyadic import requantize
@@ -243,6 +243,49 @@ def test_log_shift_kernel_equals_reference(shape, bits, base, e, b_bits, b_signe
     bound = log_shift_bound(np.full((1, k), b_lo), np.full((1, k), b_hi), e, bias) if per_group else \
         log_shift_bound(b, None, e, bias)
     assert_within(want, bound)
+
+
+@SETTINGS
+@given(shape=shapes, bits=st.integers(2, 8), base=st.sampled_from(sorted(LOG_BASES)), e=st.integers(0, 24),
+       b_bits=st.integers(2, 9), b_signed=st.booleans(), extremes=st.booleans(), with_bias=st.booleans(),
+       vnni=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_log_shift_as_byte_gemms_equals_reference(shape, bits, base, e, b_bits, b_signed, extremes, with_bias, vnni,
+                                                   seed) -> None:
+    """The dense-GEMM form of `log_gemm` (every plan, however many blocks) equals the contract bit for
+    bit, its GEMMs run by the int64 reference or by the int32 kernels."""
+    groups, m, n, k, shared = shape
+    per_group = bool(groups) and not shared
+    rng = np.random.default_rng(seed)
+    zero_code = (1 << bits) - 1
+    p = rng.integers(0, zero_code + 1, (max(groups, 1), m, k)).astype(np.uint8)
+    if extremes:  # the largest terms, the most floored ones and zeros
+        p = np.where(rng.random(p.shape) < 0.5, rng.choice([0, max(zero_code - 1, 0), zero_code], p.shape), p
+                     ).astype(np.uint8)
+    b_lo, b_hi = code_range(b_bits, b_signed, rng)
+    b = worstish(rng, b_lo, b_hi, (p.shape[0] if per_group else 1, n, k), np.int16)
+    bias = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32) if with_bias else None
+    roots = LOG_BASES[base]
+    plan = log_gemm.log_shift_plan(log_gemm.code_histogram(p), e, roots, zero_code, log_gemm.bit_length(b))
+    want = reference.log_shift_gemm(p, b if per_group else b[0], e, base, zero_code, bias)
+    bound = log_shift_bound(np.full((1, k), b_lo), np.full((1, k), b_hi), e, bias)
+    dense = kernels.dense_gemm if vnni and (bound.max_abs <= INT32_MAX) else reference.dense_gemm
+    got = log_gemm.log_shift_by_gemms(p, b, plan, roots, bias, dense)
+    if bound.max_abs <= INT32_MAX:
+        np.testing.assert_array_equal(got, want)
+    else:  # past int32 only the low 32 bits are promised, as for every int32 kernel
+        np.testing.assert_array_equal(got, want.astype(np.int32))
+
+
+def test_log_shift_plan_of_4_bit_codes_is_one_byte_gemm_per_accumulator() -> None:
+    """What makes SLQ / log softmax.V fast: 4-bit codes with E >= 7 (exact terms only) need one byte
+    GEMM per accumulator, 2**(E - j) spread over one window."""
+    counts = np.zeros(256, np.int64)
+    counts[:16] = 1
+    plan = log_gemm.log_shift_plan(counts, 10, 2, 15, 8)
+    assert [(g.lane, g.scale, g.shifts) for g in plan.gemms] == [(0, 3, (0,)), (1, 3, (0,))]
+    assert plan.value_of[0] == 1 << 7 and plan.value_of[14] == 1 and plan.gemm_of[15] == -1
+    floored = log_gemm.log_shift_plan(np.ones(256, np.int64), 0, 1, 255, 8)  # every code past E: shifts 1..8, the rest as 8
+    assert [g.shifts for g in floored.gemms] == [(0,), tuple(range(1, 9))]
 
 
 def test_log_shift_semantics_by_hand() -> None:

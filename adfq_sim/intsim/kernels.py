@@ -14,6 +14,9 @@ and docs/benchmarks.md). Otherwise the portable path:
 int8 / int16 operands as they are, other integer dtypes narrowed to int16 (their values must fit), dot
 products that LLVM vectorises to vpmaddwd; int16 x int8 measured as fast as int16 x int16 and faster
 than int8 x int8 there.
+
+Log-shift GEMM: as a few byte-operand dense GEMMs (`log_gemm`: exact windows of power-of-two operands
+and floored shift planes) where that plan is small, else a shift loop per output.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 from adfq_sim.intsim.dyadic import requantize_one
+from adfq_sim.intsim.log_gemm import bit_length, code_histogram, log_shift_by_gemms, log_shift_plan
 from adfq_sim.formats import LOG_BASES
 from adfq_sim.intsim.reference import check_bias, check_log_args, check_outliers, gemm_shapes, root_rules
 
 ROW_BLOCK = 8  # rows of A sharing each row of W while it is hot in L1
 TILE_ROWS, TILE_PANELS = 4, 4  # VNNI tile: rows of A x 16-column panels of W, 16 zmm accumulators
 TILE_COLS = 16 * TILE_PANELS  # (measured: 4x4, 6x4, 8x3, 4x6 within 5%; 64 columns pad DeiT's N least)
+MAX_LOG_BLOCKS = 4  # more dense K-blocks run by the shift loop (measured: 2 blocks 5-8x its rate on fc2, 8 blocks slower)
 _I64_MIN, _I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 _I16 = np.iinfo(np.int16)
 
@@ -397,14 +402,21 @@ def _code_tables(roots: int, zero_code: int) -> tuple[np.ndarray, np.ndarray]:
 
 def log_shift_gemm(p: np.ndarray, b: np.ndarray, e: int, base: str, zero_code: int,
                    bias: np.ndarray | None = None) -> np.ndarray:
-    """P (uint8 log codes) times B^T by shifts, as int32 [(G,) M, N]; see `reference.log_shift_gemm`."""
+    """P (uint8 log codes) times B^T by shifts, as int32 [(G,) M, N]; see `reference.log_shift_gemm`.
+    With VNNI and a plan of at most MAX_LOG_BLOCKS K-blocks, as the dense GEMMs of `log_gemm`; else by
+    the shift loop."""
     groups, m, n, k = gemm_shapes(p, b)
     check_log_args(p, e, base, zero_code)
-    scaled = _codes(b).astype(np.int32).reshape(-1, n, k) << e
-    out = np.empty((groups, m, n), np.int32)
     roots = LOG_BASES[base]
-    _log_shift_kernel(np.ascontiguousarray(p).reshape(groups, m, k), scaled, zero_code, *_code_tables(roots, zero_code),
-                      *root_rules(roots), _bias(bias, n), out)
+    p3, b3 = np.ascontiguousarray(p).reshape(groups, m, k), _codes(b).reshape(-1, n, k)
+    if VNNI and p.size and b.size:
+        plan = log_shift_plan(code_histogram(p3), e, roots, zero_code, bit_length(b3))
+        if plan.blocks <= MAX_LOG_BLOCKS:
+            out = log_shift_by_gemms(p3, b3, plan, roots, bias, dense_gemm)
+            return out.reshape(*p.shape[:-1], n)
+    out = np.empty((groups, m, n), np.int32)
+    _log_shift_kernel(p3, b3.astype(np.int32) << e, zero_code, *_code_tables(roots, zero_code), *root_rules(roots),
+                      _bias(bias, n), out)
     return out.reshape(*p.shape[:-1], n)
 
 

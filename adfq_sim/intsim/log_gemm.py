@@ -1,0 +1,175 @@
+"""The log-shift GEMM as a few dense GEMMs with byte operands, so it runs on the dense (VNNI) kernel.
+
+`reference.log_shift_gemm` fixes the contract: with code q = R j + r (R roots of 2 per octave),
+accumulator r sums floor(b * 2**E / 2**j) over the live codes of remainder r. Write d = E - j:
+
+- d >= 0 (exact terms): floor(b * 2**E / 2**j) = b * 2**d. Codes whose d lie in one window
+  [base, base + 7] give sum b * 2**(d - base) times 2**base: a dense GEMM of the byte operand
+  u = 2**(d - base) (1..128, 0 elsewhere) with B, shifted left by `base` afterwards.
+- d < 0 (floored terms): floor(b * 2**E / 2**j) = b >> s with s = -d (arithmetic shift). With one
+  indicator operand per shift s present, sum_s [s(q) = s] . (B >> s) is one dense GEMM over the
+  concatenated K-blocks [1{s = s1} | 1{s = s2} | ...] x [B >> s1 | B >> s2 | ...]. Shifts at or past
+  L = the bit length of B's values all give b >> L (0 or -1), so they share one block.
+
+Every GEMM is exact in int32: |sum b * 2**(d - base)| <= 2**-base * sum |b| 2**E and
+|sum b >> s| <= sum |b|, both within `bounds.log_shift_bound`, which export proved below 2**31. The
+parts are combined in int64 exactly as the reference combines the accumulators (accumulator 0 plain,
+accumulator r >= 1 by its dyadic rule once), so the result equals the reference bit for bit.
+The plan depends on which codes occur, so it is made per call from a histogram of P.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numba
+import numpy as np
+from numba import prange
+
+from adfq_sim.intsim.dyadic import requantize_one
+from adfq_sim.intsim.reference import root_rules
+
+WINDOW = 8  # exponents per byte operand: 2**0 .. 2**7
+_I64_MIN, _I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class LogGemm:
+    """One dense GEMM of the plan: accumulator `lane`, K-blocks multiplying B >> shifts[i], the result
+    shifted left by `scale` (a window of exact terms: shifts (0,), scale = its base)."""
+    lane: int
+    scale: int
+    shifts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LogPlan:
+    """The GEMMs, and per code (256 entries) which GEMM, which K-block and which byte it contributes
+    (gemm -1: the zero code or an absent code)."""
+    gemms: tuple[LogGemm, ...]
+    gemm_of: np.ndarray
+    block_of: np.ndarray
+    value_of: np.ndarray
+
+    @property
+    def blocks(self) -> int:
+        """K-blocks over all GEMMs: the plan's cost in units of one dense GEMM."""
+        return sum(len(g.shifts) for g in self.gemms)
+
+
+@numba.njit(cache=True, parallel=True)
+def code_histogram(p):
+    """Occurrences of each uint8 code in p (any shape), counted in parallel chunks."""
+    flat = p.ravel()
+    chunks = 64
+    size = -(-flat.size // chunks)
+    counts = np.zeros((chunks, 256), np.int64)
+    for c in prange(chunks):
+        local = counts[c]
+        for q in flat[c * size:(c + 1) * size]:
+            local[q] += 1
+    return counts.sum(axis=0)
+
+
+def bit_length(b: np.ndarray) -> int:
+    """The smallest L with b >> L in {0, -1} for every value of b."""
+    lo, hi = (int(b.min()), int(b.max())) if b.size else (0, 0)
+    return max(hi.bit_length(), (~lo).bit_length() if lo < 0 else 0)
+
+
+def log_shift_plan(counts: np.ndarray, e: int, roots: int, zero_code: int, b_bits: int) -> LogPlan:
+    """The GEMMs that compute the log-shift GEMM of a P whose code histogram is `counts` (see the
+    module docstring); `b_bits`: `bit_length` of B."""
+    gemm_of, block_of, value_of = (np.full(256, -1, np.int32), np.zeros(256, np.int32), np.zeros(256, np.uint8))
+    gemms: list[LogGemm] = []
+    for lane in range(roots):
+        codes = [q for q in range(lane, 256, roots) if q != zero_code and counts[q]]
+        exact = sorted((q for q in codes if e - q // roots >= 0), key=lambda q: -(e - q // roots))
+        while exact:  # windows from the largest exponent down, each holding as many codes as it can
+            top = e - exact[0] // roots
+            base = max(top - WINDOW + 1, 0)
+            inside = [q for q in exact if e - q // roots >= base]
+            for q in inside:
+                gemm_of[q], value_of[q] = len(gemms), 1 << (e - q // roots - base)
+            gemms.append(LogGemm(lane, base, (0,)))
+            exact = exact[len(inside):]
+        shift_of = {q: min(q // roots - e, b_bits) for q in codes if e - q // roots < 0}
+        if shift_of:
+            shifts = tuple(sorted(set(shift_of.values())))
+            for q, s in shift_of.items():
+                gemm_of[q], block_of[q], value_of[q] = len(gemms), shifts.index(s), 1
+            gemms.append(LogGemm(lane, 0, shifts))
+    return LogPlan(tuple(gemms), gemm_of, block_of, value_of)
+
+
+@numba.njit(cache=True, parallel=True)
+def _fill_operands(p, tables, offsets, blocks, out):
+    # p [G, M, K] codes -> out: GEMM g's operand [G, M, blocks[g] * K] at out[offsets[g]:]; its K-block t
+    # holds tables[offsets of (g, t)][code] (`_block_tables`): a gather from a 256-byte table per element
+    groups, m, k = p.shape
+    for row_index in prange(groups * m):
+        row = p[row_index // m, row_index % m]
+        table = 0
+        for g in range(blocks.shape[0]):
+            for t in range(blocks[g]):
+                dst = out[offsets[g] + (row_index * blocks[g] + t) * k:]
+                lookup = tables[table]
+                for c in range(k):
+                    dst[c] = lookup[row[c]]
+                table += 1
+
+
+def _block_tables(plan: LogPlan) -> np.ndarray:
+    """[blocks, 256] uint8: per K-block of each GEMM in order, the byte each code contributes there."""
+    tables = []
+    for index, gemm in enumerate(plan.gemms):
+        for t in range(len(gemm.shifts)):
+            tables.append(np.where((plan.gemm_of == index) & (plan.block_of == t), plan.value_of, 0))
+    return np.array(tables, np.uint8).reshape(-1, 256)
+
+
+def log_shift_by_gemms(p: np.ndarray, b: np.ndarray, plan: LogPlan, roots: int, bias: np.ndarray | None,
+                       dense: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """`reference.log_shift_gemm` of p [G, M, K] uint8 and b [1 | G, N, K] by `plan`'s GEMMs, each run by
+    `dense(a, w)` (A [G, M, K'] uint8, W [1 | G, N, K'] -> int32 [G, M, N]); int32 [G, M, N]."""
+    groups, m, k = p.shape
+    blocks = np.array([len(g.shifts) for g in plan.gemms], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(blocks * groups * m * k)])
+    operands = np.empty(int(offsets[-1]), np.uint8)
+    _fill_operands(p, _block_tables(plan), offsets[:-1].copy(), blocks, operands)
+    b = b[0] if b.shape[0] == 1 else b  # shared weights: W [N, K'] for every group
+    parts = np.empty((len(plan.gemms), groups, m, b.shape[-2]), np.int32)
+    for index, gemm in enumerate(plan.gemms):
+        a = operands[offsets[index]:offsets[index + 1]].reshape(groups, m, blocks[index] * k)
+        w = b if gemm.shifts == (0,) else np.concatenate([b >> s for s in gemm.shifts], axis=-1)
+        parts[index] = dense(a, w)
+    out = np.empty(parts.shape[1:], np.int32)
+    bias = np.zeros(out.shape[-1], np.int64) if bias is None else np.asarray(bias, np.int64)
+    _combine(parts, np.array([g.lane for g in plan.gemms], np.int64), np.array([g.scale for g in plan.gemms], np.int64),
+             roots, *root_rules(roots), bias, out)
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _combine(parts, lane_of, scale_of, roots, rule_m, rule_s, bias, out):
+    # out = accumulator 0 + bias + the dyadic rule of each accumulator r >= 1, each accumulator the sum of
+    # its GEMMs' int32 results shifted left by their scales, in int64 (the final value wraps into int32
+    # like every int32 kernel's; export proved it fits)
+    groups, m, n = out.shape
+    for row_index in prange(groups * m):
+        g, i = row_index // m, row_index % m
+        lanes = np.zeros((roots, n), np.int64)
+        for p in range(parts.shape[0]):
+            lane, scale, src = lanes[lane_of[p]], scale_of[p], parts[p, g, i]
+            for j in range(n):
+                lane[j] += np.int64(src[j]) << scale
+        total = lanes[0]
+        for j in range(n):
+            total[j] += bias[j]
+        for r in range(1, roots):
+            lane, rm, rs = lanes[r], rule_m[r], rule_s[r]
+            for j in range(n):
+                total[j] += requantize_one(lane[j], rm, rs, _I64_MIN, _I64_MAX)
+        for j in range(n):
+            out[g, i, j] = total[j]
