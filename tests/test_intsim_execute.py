@@ -71,5 +71,8 @@ def test_simulator_ops_equal_reference_ops(seed, rows, n, k, tokens, per, offset
     outliers = np.where(rng.random((rows, k)) < 0.1, rng.integers(-(1 << 15), 1 << 15, (rows, k)), 0)
     w = rng.integers(-255, 256, (n, k)).astype(np.int16)
     rr, cc = np.nonzero(outliers)
-    np.testing.assert_array_equal(SIMULATOR_OPS.outliers(rr, cc, outliers[rr, cc], w, rows),
-                                  REFERENCE_OPS.outliers(rr, cc, outliers[rr, cc], w, rows))
+    dense = rng.integers(-(1 << 31) + 1, 1 << 31, (rows, n)).astype(np.int32)
+    bias = rng.integers(-(1 << 40), 1 << 40, (tokens, n))
+    for saturated in (True, False):
+        parts = (dense, int(rng.integers(0, 8)), rr, cc, outliers[rr, cc], w, bias, saturated)
+        np.testing.assert_array_equal(SIMULATOR_OPS.outlier_sum(*parts), REFERENCE_OPS.outlier_sum(*parts))

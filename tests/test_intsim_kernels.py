@@ -15,6 +15,7 @@ from adfq_sim.intsim import kernels, log_gemm, nonlinear, nonlinear_reference, r
 from adfq_sim.intsim.bounds import (INT32_MAX, AccBound, AccumulatorOverflowError, check_int32, dense_bound,
                                     log_shift_bound)
 from adfq_sim.intsim.dyadic import requantize
+from adfq_sim.intsim.execute_reference import outlier_sum
 from adfq_sim.formats import LOG_BASES, OUTLIER_MAX, OUTLIER_MIN
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -207,6 +208,8 @@ def random_outliers(rng: np.random.Generator, m: int, k: int, count: int):
 @given(shape=shapes, a_bits=st.integers(2, 8), w_bits=st.integers(2, 8), w_signed=st.booleans(),
        outliers=st.integers(0, 60), seed=st.integers(0, 2**32 - 1))
 def test_outlier_path_equals_reference(shape, a_bits, w_bits, w_signed, outliers, seed) -> None:
+    """PPOQ's fused accumulator (dense << shift, the outliers' products, the per-token bias, saturation)
+    equals the reference's composition of the same parts."""
     _, m, n, k, _ = shape
     rng = np.random.default_rng(seed)
     a_lo, a_hi = code_range(a_bits, False, rng)  # PPOQ: unsigned codes minus the token's zero-point
@@ -214,15 +217,17 @@ def test_outlier_path_equals_reference(shape, a_bits, w_bits, w_signed, outliers
     a = worstish(rng, a_lo, a_hi, (m, k), np.int16)
     w = worstish(rng, w_lo, w_hi, (n, k), storage(w_lo, w_hi, rng))
     rows, cols, codes = random_outliers(rng, m, k, outliers)
+    order = np.lexsort((cols, rows))  # row-major, as np.nonzero gives them
+    rows, cols, codes = rows[order], cols[order], codes[order]
     a[rows, cols] = 0  # the dense code holds the zero-point where an outlier was taken out
-    sparse = reference.outlier_gemm(rows, cols, codes, w, m)
-    for dtype in (np.int32, np.int64):  # adds into an existing accumulator, int64 as the program's widened sum
-        acc = kernels.dense_gemm(a, w).astype(dtype)
-        kernels.add_outliers(acc, rows, cols, codes, w)
-        want = reference.dense_gemm(a, w) + sparse
-        if dtype is np.int32:
-            want = want.astype(np.int32)  # wraps like the int32 accumulator where the sum leaves int32
-        np.testing.assert_array_equal(acc, want)
+    shift = int(rng.integers(0, 8))
+    bias = rng.integers(-(1 << 30), 1 << 30, (int(rng.integers(1, 4)), n))
+    dense = kernels.dense_gemm(a, w)
+    for saturated in (True, False):
+        got = kernels.outlier_sum(dense, shift, rows, cols, codes, w, bias, saturated)
+        want = outlier_sum(reference.dense_gemm(a, w), shift, rows, cols, codes, w, bias, saturated)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == (np.int32 if saturated else np.int64)
 
 
 @SETTINGS
@@ -347,7 +352,7 @@ def test_invalid_operands_are_refused() -> None:
     with pytest.raises(ValueError, match="out of range"):
         reference.outlier_gemm(np.array([4], np.int32), np.array([0], np.int32), np.array([1], np.int16), w[:, :5], 4)
     with pytest.raises(ValueError, match="out of range"):
-        kernels.add_outliers(np.zeros((4, 3), np.int32), np.array([4], np.int32), np.array([0], np.int32),
-                             np.array([1], np.int16), w[:, :5])
+        kernels.outlier_sum(np.zeros((4, 3), np.int32), 0, np.array([4], np.int32), np.array([0], np.int32),
+                            np.array([1], np.int16), w[:, :5], np.zeros((1, 3), np.int64), True)
     with pytest.raises(ValueError, match="outside int16"):
         kernels.dense_gemm(np.full((1, 6), 1 << 16, np.int32), w)

@@ -129,13 +129,6 @@ def _plain_input(codes: np.ndarray, g: Gemm) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.uint8), folded
 
 
-def _outliers(rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarray, m: int) -> np.ndarray:
-    """`reference.outlier_gemm`: the sparse products alone, summed into int64 (widened)."""
-    out = np.zeros((m, w.shape[0]), np.int64)
-    kernels.add_outliers(out, rows, cols, codes, w)
-    return out
-
-
 @numba.njit(cache=True, parallel=True)
 def _gather_kernel(x, index, out):  # x [B, L, C], index [R, k] (-1: zeros), out [B, R, k * C]
     images, rows = out.shape[0], index.shape[0]
@@ -192,7 +185,7 @@ def _dense_requant(a: np.ndarray, w: np.ndarray, bias: np.ndarray, r: Requant) -
 
 
 SIMULATOR_OPS = Ops(operand=_operand, weight=_weight, plain_input=_plain_input, dense=kernels.dense_gemm,
-                    dense_requant=_dense_requant, log_shift=kernels.log_shift_gemm, outliers=_outliers,
+                    dense_requant=_dense_requant, log_shift=kernels.log_shift_gemm, outlier_sum=kernels.outlier_sum,
                     requant=_requant, add=_add, layernorm=nonlinear.layernorm, layernorm_acc=nonlinear.layernorm_acc,
                     token_codes=nonlinear.token_codes, softmax=nonlinear.softmax, gelu=nonlinear.gelu,
                     gather=_gather, scores=_scores)

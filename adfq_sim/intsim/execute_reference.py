@@ -46,7 +46,9 @@ class Ops:
     dense(a, w, bias): A @ W^T (+ int32 bias [N]), A [(G,) M, K], W [N, K] or [G, N, K].
     dense_requant(a, w, bias, r): requant(dense(a, w, bias), r) (fused in the simulator).
     log_shift(p, b, e, base, zero_code): log codes P (uint8) times B^T by shifts (`reference`).
-    outliers(rows, cols, codes, w, m): the sparse outlier products alone, int64 [m, N].
+    outlier_sum(dense, shift, rows, cols, codes, w, bias, saturated): PPOQ's accumulator: (dense << shift) +
+      the outliers' products (int64) + bias [T, N] (row r takes row r % T), saturated if asked (fused in the
+      simulator).
     requant(acc, r): the dyadic rule of `r` to codes.
     add(a, ra, b, rb): residual add, both operands requantized, the sum clamped to the residual range.
     layernorm(x, c, t), layernorm_acc(x, c), token_codes(acc, t), softmax, gelu: the integer non-linear ops.
@@ -61,7 +63,7 @@ class Ops:
     dense: Callable[..., np.ndarray]
     dense_requant: Callable[..., np.ndarray]
     log_shift: Callable[..., np.ndarray]
-    outliers: Callable[..., np.ndarray]
+    outlier_sum: Callable[..., np.ndarray]
     requant: Callable[[np.ndarray, Requant], np.ndarray]
     add: Callable[[np.ndarray, Requant, np.ndarray, Requant], np.ndarray]
     layernorm: Callable
@@ -120,8 +122,16 @@ def score_rows(scores: np.ndarray, heads: int, bias: np.ndarray | None, mask: np
     return scores.reshape(-1, t).astype(np.int32, copy=False)
 
 
+def outlier_sum(dense: np.ndarray, shift: int, rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarray,
+                bias: np.ndarray, saturated: bool) -> np.ndarray:
+    """PPOQ's accumulator (`reference`'s sparse outlier path) plus its bias [T, N], int64."""
+    acc = (dense.astype(np.int64) << shift) + outlier_gemm(rows, cols, codes, w, len(dense))
+    acc += bias[np.arange(len(acc)) % len(bias)]
+    return saturate(acc) if saturated else acc
+
+
 REFERENCE_OPS = Ops(operand=_operand, weight=lambda g: g.weight, plain_input=_plain_input, dense=dense_gemm,
-                    dense_requant=_dense_requant, log_shift=log_shift_gemm, outliers=outlier_gemm, requant=_apply,
+                    dense_requant=_dense_requant, log_shift=log_shift_gemm, outlier_sum=outlier_sum, requant=_apply,
                     add=_add, layernorm=nonlinear_reference.layernorm,
                     layernorm_acc=nonlinear_reference.layernorm_acc, token_codes=nonlinear_reference.token_codes,
                     softmax=nonlinear_reference.softmax, gelu=nonlinear_reference.gelu, gather=gather_rows,
@@ -140,11 +150,6 @@ def _uniform_product(codes, operand: UniformOperand, w, ops: Ops, outliers, bias
     return ops.dense(ops.operand(codes, _zero_point(operand.zero_point, codes.shape[-2])), w, bias)
 
 
-def _outlier_product(codes, operand: OutlierOperand, w, ops: Ops, outliers, bias):
-    a = ops.operand(codes, _zero_point(operand.zero_point, codes.shape[-2]))
-    rows, cols = np.nonzero(outliers)
-    sparse = ops.outliers(rows, cols, outliers[rows, cols], w, len(a))
-    return (ops.dense(a, w).astype(np.int64) << operand.outlier_shift) + sparse
 
 
 def _log_product(codes, operand: LogOperand, w, ops: Ops, outliers, bias):
@@ -156,9 +161,10 @@ def _twin_product(codes, operand: TwinOperand, w, ops: Ops, outliers, bias):
     return (ops.dense(coarse, w).astype(np.int64) << operand.shift) + ops.dense(fine, w)
 
 
-# One accumulation per operand form (`formats`): a new format adds its rule here.
-PRODUCTS: dict[type, Callable[..., np.ndarray]] = {UniformOperand: _uniform_product, OutlierOperand: _outlier_product,
-                                                   LogOperand: _log_product, TwinOperand: _twin_product}
+# One accumulation per operand form (`formats`): a new format adds its rule here (PPOQ's, with its bias
+# and saturation, is `_accumulate`'s own).
+PRODUCTS: dict[type, Callable[..., np.ndarray]] = {UniformOperand: _uniform_product, LogOperand: _log_product,
+                                                   TwinOperand: _twin_product}
 
 
 def _product(codes: np.ndarray, operand: Operand, w: np.ndarray, ops: Ops, outliers: np.ndarray | None = None,
@@ -178,6 +184,11 @@ def _accumulate(codes: np.ndarray, g: Gemm, ops: Ops, outliers: np.ndarray | Non
     if _plain(g):
         a, bias = ops.plain_input(codes, g)
         return ops.dense(a, ops.weight(g), bias)
+    if isinstance(g.operand, OutlierOperand):  # PPOQ: dense, sparse, bias and saturation in one op
+        a, w = ops.operand(codes, _zero_point(g.operand.zero_point, codes.shape[-2])), ops.weight(g)
+        rows, cols = np.nonzero(outliers)
+        return ops.outlier_sum(ops.dense(a, w), g.operand.outlier_shift, rows, cols, outliers[rows, cols], w,
+                               np.atleast_2d(g.bias), g.saturated)
     acc = _product(codes, g.operand, ops.weight(g), ops, outliers)
     bias = g.bias if g.bias.ndim == 1 else g.bias[np.arange(len(acc)) % len(g.bias)]
     acc = acc + bias

@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 from adfq_sim.intsim.dyadic import requantize_one
 from adfq_sim.intsim.log_gemm import bit_length, code_histogram, log_shift_by_gemms, log_shift_plan
 from adfq_sim.formats import LOG_BASES
-from adfq_sim.intsim.reference import check_bias, check_log_args, check_outliers, gemm_shapes, root_rules
+from adfq_sim.intsim.reference import SATURATION, check_bias, check_log_args, check_outliers, gemm_shapes, root_rules
 
 ROW_BLOCK = 8  # rows of A sharing each row of W while it is hot in L1
 TILE_ROWS, TILE_PANELS = 4, 4  # VNNI tile: rows of A x 16-column panels of W, 16 zmm accumulators
@@ -421,30 +421,40 @@ def log_shift_gemm(p: np.ndarray, b: np.ndarray, e: int, base: str, zero_code: i
 
 
 @numba.njit(cache=True, parallel=True)
-def _outlier_kernel(acc, starts, rows, cols, codes, w_t):
-    # outliers sorted by row; segment r = [starts[r], starts[r + 1]) all land in row rows[starts[r]];
-    # w_t = W^T [K, N], so each outlier adds a contiguous row (an axpy that vectorises)
-    n = w_t.shape[1]
-    for r in prange(starts.shape[0] - 1):
-        target = acc[rows[starts[r]]]
-        for o in range(starts[r], starts[r + 1]):
-            code, column = np.int32(codes[o]), w_t[cols[o]]
+def _outlier_sum_kernel(dense, shift, starts, cols, codes, w_t, bias, saturation, out):
+    # out[i] = clamp((dense[i] << shift) + bias[i % T] + sum over row i's outliers o * W^T[c]) in one pass
+    # per row, in int64 (saturation < 0: no clamp); starts [M + 1]: row i's outliers are
+    # [starts[i], starts[i + 1]) (CSR); w_t = W^T [K, N], so each outlier adds a contiguous row
+    m, n = dense.shape
+    for i in prange(m):
+        row, b = np.empty(n, np.int64), bias[i % bias.shape[0]]
+        for j in range(n):
+            row[j] = (np.int64(dense[i, j]) << shift) + b[j]
+        for o in range(starts[i], starts[i + 1]):
+            code, column = np.int64(codes[o]), w_t[cols[o]]
             for j in range(n):
-                target[j] += code * np.int32(column[j])
+                row[j] += code * np.int64(column[j])
+        if saturation >= 0:
+            for j in range(n):
+                out[i, j] = min(max(row[j], -saturation), saturation)
+        else:
+            for j in range(n):
+                out[i, j] = row[j]
 
 
-def add_outliers(acc: np.ndarray, rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarray) -> None:
-    """acc[t, :] += o * W[:, c] for every outlier (t, c, o), in place; acc [M, N] int32 (under a proven
-    bound) or int64 (the integer program's widened outlier sum), W [N, K]."""
-    if acc.dtype not in (np.int32, np.int64) or acc.ndim != 2 or w.ndim != 2 or acc.shape[1] != w.shape[0]:
-        raise ValueError(f"need an int32 / int64 accumulator [M, N] and W [N, K], got {acc.dtype} {acc.shape}, "
-                         f"{w.shape}")
-    if not acc.flags.c_contiguous:
-        raise ValueError("the accumulator must be C-contiguous (it is updated in place)")
-    check_outliers(rows, cols, codes, acc.shape[0], w.shape[1])
-    if rows.size == 0:
-        return
-    order = np.argsort(rows, kind="stable")
-    rows, cols, codes = rows[order].astype(np.int32), cols[order].astype(np.int32), codes[order].astype(np.int16)
-    starts = np.flatnonzero(np.diff(rows, prepend=-1, append=-1)).astype(np.int64)
-    _outlier_kernel(acc, starts, rows, cols, codes, np.ascontiguousarray(_codes(w).T))
+def outlier_sum(dense: np.ndarray, shift: int, rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarray,
+                bias: np.ndarray, saturated: bool) -> np.ndarray:
+    """PPOQ's accumulator as `execute_reference.outlier_sum`, fused: (dense << shift) + the outliers' products
+    + bias [T, N], saturated, in one pass per row; int32 when saturated (the values fit), else int64.
+    Outliers (row, column, code) come in row-major order (as np.nonzero gives them)."""
+    if dense.ndim != 2 or w.ndim != 2 or dense.shape[1] != w.shape[0] or bias.shape[-1] != dense.shape[1]:
+        raise ValueError(f"need dense [M, N], W [N, K], bias [T, N]; got {dense.shape}, {w.shape}, {bias.shape}")
+    check_outliers(rows, cols, codes, dense.shape[0], w.shape[1])
+    if rows.size and (np.diff(rows) < 0).any():
+        raise ValueError("outliers must be sorted by row")
+    starts = np.searchsorted(rows, np.arange(dense.shape[0] + 1)).astype(np.int64)
+    out = np.empty(dense.shape, np.int32 if saturated else np.int64)
+    _outlier_sum_kernel(np.ascontiguousarray(dense), shift, starts, cols.astype(np.int64), codes.astype(np.int16),
+                        np.ascontiguousarray(_codes(w).T), np.ascontiguousarray(bias, np.int64),
+                        SATURATION if saturated else -1, out)
+    return out
