@@ -40,6 +40,15 @@ def calibrated(quantizer, *batches: torch.Tensor):
     return quantizer
 
 
+def strip_timings(value):
+    """results.json without its `timings` keys (wall seconds, the only part allowed to differ)."""
+    if isinstance(value, dict):
+        return {k: strip_timings(v) for k, v in value.items() if k != "timings"}
+    if isinstance(value, list):
+        return [strip_timings(v) for v in value]
+    return value
+
+
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path

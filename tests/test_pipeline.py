@@ -17,18 +17,10 @@ from adfq_sim.pipeline import run_experiment
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.methods import METHODS, build_recipe
 from adfq_sim.quant.options import AdfqConfig, Ptq4vitConfig, QuantConfig
-from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, write_config
+from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, strip_timings, write_config
 
 ENTRY_KEYS = {"method", "bits", "w_bits", "a_bits", "top1", "agreement", "sqnr_db", "outlier_ratio",
               "optimization", "quantizers", "integer_evaluation", "timings", "cost"}
-
-
-def _strip_timings(value):
-    if isinstance(value, dict):
-        return {k: _strip_timings(v) for k, v in value.items() if k != "timings"}
-    if isinstance(value, list):
-        return [_strip_timings(v) for v in value]
-    return value
 
 
 def test_imagefolder_pipeline_with_a_checkpoint(tmp_path: Path, tiny_checkpoint, image_folder: Path) -> None:
@@ -88,8 +80,8 @@ def test_same_config_and_seed_give_identical_results(tmp_path: Path) -> None:
                       "adfq": {"asmo_iters": 10}}}
     first = run_experiment(load_config(write_config(tmp_path / "det.yaml", {**data, "out": str(tmp_path / "a")})))
     second = run_experiment(load_config(write_config(tmp_path / "det.yaml", {**data, "out": str(tmp_path / "b")})))
-    a = _strip_timings(json.loads((first / "results.json").read_text()))
-    b = _strip_timings(json.loads((second / "results.json").read_text()))
+    a = strip_timings(json.loads((first / "results.json").read_text()))
+    b = strip_timings(json.loads((second / "results.json").read_text()))
     a["config"].pop("out"), b["config"].pop("out")
     assert a == b
     adfq = next(e for e in a["results"] if e["method"] == "adfq")

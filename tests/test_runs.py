@@ -20,7 +20,7 @@ from adfq_sim.errors import UserInputError
 from adfq_sim.pipeline import run_experiment
 from adfq_sim.runs.cells import eval_ranges
 from adfq_sim.runs.folder import config_changes
-from conftest import write_config
+from conftest import strip_timings, write_config
 
 # The demo with three cells; ADFQ at alpha 2 so that PPOQ's sparse path carries values and its outlier
 # counts are merged over shards too; few ASMO steps to stay quick.
@@ -34,15 +34,8 @@ BASE = {
 
 def _comparable(results: dict) -> dict:
     """results.json less what may differ between equal runs: timings, the environment, where it ran."""
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "timings"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
     config = {k: v for k, v in results["config"].items() if k not in ("executor", "out")}
-    return strip({**results, "environment": None, "config": config})
+    return strip_timings({**results, "environment": None, "config": config})
 
 
 def _results(folder: Path) -> dict:
