@@ -150,8 +150,6 @@ def _uniform_product(codes, operand: UniformOperand, w, ops: Ops, outliers, bias
     return ops.dense(ops.operand(codes, _zero_point(operand.zero_point, codes.shape[-2])), w, bias)
 
 
-
-
 def _log_product(codes, operand: LogOperand, w, ops: Ops, outliers, bias):
     return ops.log_shift(codes.astype(np.uint8), w, operand.frac_bits, operand.base, operand.zero_code)
 

@@ -75,6 +75,8 @@ class RunFolder:
     def check(self, mode: str) -> bool:
         """Refuse what would replace or mix up results, in one line; False when a resumed run is already
         complete (nothing to do)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown run mode {mode!r}; expected one of {MODES}")
         check_output_parent(self.final.parent)
         flags = "pass --resume to continue it or --overwrite to start again"
         if mode == "new":
