@@ -19,7 +19,8 @@ from adfq_sim.intsim.dyadic import dyadic_array
 from adfq_sim.intsim.execute import SIMULATOR_OPS, run_simulator
 from adfq_sim.intsim.execute_reference import REFERENCE_OPS, run_reference
 from adfq_sim.intsim.export import export
-from adfq_sim.intsim.ops import Requant
+from adfq_sim.formats import OutlierOperand
+from adfq_sim.intsim.ops import Gemm, Requant
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.options import QuantConfig
@@ -54,7 +55,7 @@ def test_simulator_codes_and_logits_equal_reference(demo, method, bits):
        tokens=st.integers(1, 7), per=st.sampled_from(["tensor", "channel", "token"]), offset=st.booleans())
 def test_simulator_ops_equal_reference_ops(seed, rows, n, k, tokens, per, offset):
     """The simulator's own kernels (requantization with per-token x channel rules and offsets, residual
-    add, per-row zero-points, the int64 outlier path) equal the reference ops on random shapes."""
+    add, per-row zero-points, PPOQ's sum and its codes) equal the reference ops on random shapes."""
     rng = np.random.default_rng(seed)
     shape = {"tensor": (1,), "channel": (n,), "token": (tokens, n)}[per]
     m, s = dyadic_array(np.exp(rng.uniform(-8, 2, shape)))
@@ -70,9 +71,17 @@ def test_simulator_ops_equal_reference_ops(seed, rows, n, k, tokens, per, offset
     np.testing.assert_array_equal(SIMULATOR_OPS.operand(codes, zp), REFERENCE_OPS.operand(codes, zp))
     outliers = np.where(rng.random((rows, k)) < 0.1, rng.integers(-(1 << 15), 1 << 15, (rows, k)), 0)
     w = rng.integers(-255, 256, (n, k)).astype(np.int16)
-    rr, cc = np.nonzero(outliers)
-    dense = rng.integers(-(1 << 31) + 1, 1 << 31, (rows, n)).astype(np.int32)
+    a = np.where(outliers != 0, 0, rng.integers(-128, 128, (rows, k))).astype(np.int16)
     bias = rng.integers(-(1 << 40), 1 << 40, (tokens, n))
+    shift = int(rng.integers(0, 8))
     for saturated in (True, False):
-        parts = (dense, int(rng.integers(0, 8)), rr, cc, outliers[rr, cc], w, bias, saturated)
-        np.testing.assert_array_equal(SIMULATOR_OPS.outlier_sum(*parts), REFERENCE_OPS.outlier_sum(*parts))
+        g = Gemm(w.astype(np.int32), bias, OutlierOperand(np.zeros(1, np.int64), shift), 0, saturated)
+        np.testing.assert_array_equal(SIMULATOR_OPS.outlier_sum(a, g, outliers), REFERENCE_OPS.outlier_sum(a, g, outliers))
+    cut = n // 2 or n  # columns [0, cut) by the drawn rule, the rest (q, k, v alike) by another
+    first = (m, s) if m.shape[-1] == 1 else (m[..., :cut], s[..., :cut])
+    no_offset = np.zeros(1, np.int64)  # the fused rule has none
+    rules = [(0, cut, Requant(*first, r.zero_point, r.lo, r.hi, no_offset))] + (
+        [(cut, n, Requant(m[..., :1], s[..., :1], 0, -9, 9, no_offset))] if cut < n else [])
+    for got, want in zip(*(ops.outlier_requant(a, g, outliers, rules) for ops in (SIMULATOR_OPS, REFERENCE_OPS)),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from adfq_sim.intsim import kernels, log_gemm, nonlinear, nonlinear_reference, reference
 from adfq_sim.intsim.bounds import (INT32_MAX, AccBound, AccumulatorOverflowError, check_int32, dense_bound,
                                     log_shift_bound)
-from adfq_sim.intsim.dyadic import requantize
+from adfq_sim.intsim.dyadic import dyadic_array, requantize
 from adfq_sim.intsim.execute_reference import outlier_sum
 from adfq_sim.formats import LOG_BASES, OUTLIER_MAX, OUTLIER_MIN
 
@@ -173,22 +173,23 @@ def test_vnni_tile_is_vpdpbusd_with_its_correction_terms() -> None:
 
 
 i32 = np.iinfo(np.int32)
-thresholds_spans = st.sampled_from([40, 5000, nonlinear.GELU_TABLE_MAX - 2, nonlinear.GELU_TABLE_MAX, 1 << 31,
-                                    1 << 36])
+thresholds_spans = st.sampled_from([40, 5000, nonlinear.GELU_TABLE_BYTES // 2 - 2, nonlinear.GELU_TABLE_BYTES - 2,
+                                    nonlinear.GELU_TABLE_BYTES + 2, 1 << 31, 1 << 36])
 
 
 @SETTINGS
-@given(count=st.integers(0, 40), span=thresholds_spans, duplicates=st.booleans(),
+@given(count=st.integers(0, 40), span=thresholds_spans, duplicates=st.booleans(), int8_codes=st.booleans(),
        seed=st.integers(0, 2**32 - 1))
-def test_gelu_equals_reference_on_every_step(count, span, duplicates, seed) -> None:
-    """Sorted thresholds (repeated, past int32, spanning the code table's limit or far more): the table
-    and the binary search both give codes[#{thresholds <= acc}] at each step's edges and at int32's ends."""
+def test_gelu_equals_reference_on_every_step(count, span, duplicates, int8_codes, seed) -> None:
+    """Sorted thresholds (none, repeated, past int32, spanning the code table's limit, int8 or int16, or far
+    more): the table and the bucketed search both give codes[#{thresholds <= acc}] at each step's edges and at int32's
+    ends."""
     rng = np.random.default_rng(seed)
     start = int(rng.integers(-span, span // 4 + 1))
     thresholds = np.sort(rng.integers(start, start + span, count, endpoint=True))
     if duplicates and count:
         thresholds = np.sort(np.concatenate([thresholds, thresholds[rng.integers(0, count, 3)]]))
-    codes = rng.integers(-300, 300, thresholds.size + 1).astype(np.int32)
+    codes = rng.integers(*((-128, 128) if int8_codes else (-300, 300)), thresholds.size + 1).astype(np.int32)
     consts = nonlinear_reference.GeluConstants(thresholds=thresholds.astype(np.int64), codes=codes)
     edges = (thresholds[:, None] + np.arange(-2, 3)).ravel()
     acc = np.concatenate([edges, rng.integers(start - 10, start + span + 10, 2000), [i32.min, i32.max, 0]])
@@ -206,10 +207,12 @@ def random_outliers(rng: np.random.Generator, m: int, k: int, count: int):
 
 @SETTINGS
 @given(shape=shapes, a_bits=st.integers(2, 8), w_bits=st.integers(2, 8), w_signed=st.booleans(),
-       outliers=st.integers(0, 60), seed=st.integers(0, 2**32 - 1))
-def test_outlier_path_equals_reference(shape, a_bits, w_bits, w_signed, outliers, seed) -> None:
-    """PPOQ's fused accumulator (dense << shift, the outliers' products, the per-token bias, saturation)
-    equals the reference's composition of the same parts."""
+       outliers=st.integers(0, 60), per=st.sampled_from(["tensor", "channel", "token"]), portable=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_outlier_path_equals_reference(shape, a_bits, w_bits, w_signed, outliers, per, portable, seed) -> None:
+    """PPOQ's fused accumulator (A @ W^T << shift, the outliers' products, the per-token bias, saturation)
+    and its codes by a rule in the same epilogue equal the reference's composition of the same parts, on the
+    VNNI tile and on the portable path."""
     _, m, n, k, _ = shape
     rng = np.random.default_rng(seed)
     a_lo, a_hi = code_range(a_bits, False, rng)  # PPOQ: unsigned codes minus the token's zero-point
@@ -217,17 +220,51 @@ def test_outlier_path_equals_reference(shape, a_bits, w_bits, w_signed, outliers
     a = worstish(rng, a_lo, a_hi, (m, k), np.int16)
     w = worstish(rng, w_lo, w_hi, (n, k), storage(w_lo, w_hi, rng))
     rows, cols, codes = random_outliers(rng, m, k, outliers)
-    order = np.lexsort((cols, rows))  # row-major, as np.nonzero gives them
-    rows, cols, codes = rows[order], cols[order], codes[order]
     a[rows, cols] = 0  # the dense code holds the zero-point where an outlier was taken out
+    matrix = np.zeros((m, k), np.int32)
+    matrix[rows, cols] = codes
     shift = int(rng.integers(0, 8))
     bias = rng.integers(-(1 << 30), 1 << 30, (int(rng.integers(1, 4)), n))
-    dense = kernels.dense_gemm(a, w)
-    for saturated in (True, False):
-        got = kernels.outlier_sum(dense, shift, rows, cols, codes, w, bias, saturated)
-        want = outlier_sum(reference.dense_gemm(a, w), shift, rows, cols, codes, w, bias, saturated)
-        np.testing.assert_array_equal(got, want)
-        assert got.dtype == (np.int32 if saturated else np.int64)
+    rule_shape = {"tensor": (1,), "channel": (n,), "token": (int(rng.integers(1, 4)), n)}[per]
+    rule_m, rule_s = dyadic_array(np.exp(rng.uniform(-21, -12, rule_shape)))
+    zp = int(rng.integers(0, 16))
+    with mock.patch.object(kernels, "VNNI", kernels.VNNI and not portable):
+        for saturated in (True, False):
+            got = kernels.outlier_sum(a, w, shift, matrix, bias, saturated)
+            want = outlier_sum(a, w, shift, matrix, bias, saturated)
+            np.testing.assert_array_equal(got, want)
+            assert got.dtype == (np.int32 if saturated else np.int64)
+        # a rule needs |acc| < 2**31 (int64 products): the saturated sum, as export requires of PPOQ
+        # in two slices of columns (as q, k, v), the second by a per-tensor rule
+        cut = int(rng.integers(1, n)) if n > 1 else n
+        acc = reference.saturate(want)
+        rules = [(0, cut, rule_m[..., :cut] if per != "tensor" else rule_m, rule_s[..., :cut] if per != "tensor"
+                  else rule_s, zp, 0, 255)] + ([(cut, n, rule_m.ravel()[:1], rule_s.ravel()[:1], 3, -7, 9)] if cut < n
+                                               else [])
+        codes_got = kernels.outlier_requant(a, w, shift, matrix, bias, True, rules)
+        for (start, stop, r_m, r_s, r_zp, lo, hi), got in zip(rules, codes_got, strict=True):
+            np.testing.assert_array_equal(got, dyadic_requant_rows(acc[:, start:stop], r_m, r_s, r_zp, lo, hi))
+
+
+def dyadic_requant_rows(acc: np.ndarray, m: np.ndarray, s: np.ndarray, zp: int, lo: int, hi: int) -> np.ndarray:
+    """The reference rule on an accumulator, a [T, N] rule repeating every T rows."""
+    if m.ndim == 2:
+        m, s = m[np.arange(len(acc)) % len(m)], s[np.arange(len(acc)) % len(s)]
+    return requantize(acc, m, s, lo - zp, hi - zp) + zp
+
+
+def test_outlier_rows_are_csr_of_the_matrix() -> None:
+    """Row pointers, columns and codes of the non-zero entries, row-major, rows without any included."""
+    matrix = np.zeros((5, 7), np.int32)
+    matrix[1, [0, 6]], matrix[3, 2], matrix[4, 6] = [-32768, 5], 32767, -1
+    starts, cols, codes = kernels.outlier_rows(matrix)
+    np.testing.assert_array_equal(starts, [0, 0, 2, 2, 3, 4])
+    np.testing.assert_array_equal(cols, [0, 6, 2, 6])
+    np.testing.assert_array_equal(codes, [-32768, 5, 32767, -1])
+    assert codes.dtype == np.int16
+    matrix[0, 0] = 1 << 15
+    with pytest.raises(ValueError, match="outside int16"):
+        kernels.outlier_rows(matrix)
 
 
 @SETTINGS
@@ -245,6 +282,7 @@ def test_log_shift_kernel_equals_reference(shape, bits, base, e, b_bits, b_signe
     bias = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32) if with_bias else None
     want = reference.log_shift_gemm(p, b, e, base, zero_code, bias)
     np.testing.assert_array_equal(kernels.log_shift_gemm(p, b, e, base, zero_code, bias), want)
+    np.testing.assert_array_equal(kernels.log_shift_gemm(p.astype(np.int32), b, e, base, zero_code, bias), want)
     bound = log_shift_bound(np.full((1, k), b_lo), np.full((1, k), b_hi), e, bias) if per_group else \
         log_shift_bound(b, None, e, bias)
     assert_within(want, bound)
@@ -279,6 +317,23 @@ def test_log_shift_as_byte_gemms_equals_reference(shape, bits, base, e, b_bits, 
         np.testing.assert_array_equal(got, want)
     else:  # past int32 only the low 32 bits are promised, as for every int32 kernel
         np.testing.assert_array_equal(got, want.astype(np.int32))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+def test_log_codes_as_bytes_and_their_histogram(dtype) -> None:
+    """Codes of any integer type come back as uint8 with their exact counts; codes past 0..255 are refused."""
+    rng = np.random.default_rng(7)
+    p = rng.integers(0, 256, (3, 50, 77)).astype(dtype)
+    codes = log_gemm.log_codes(p)
+    assert codes.dtype == np.uint8 and codes.shape == p.shape
+    np.testing.assert_array_equal(codes, p)
+    np.testing.assert_array_equal(log_gemm.code_histogram(codes), np.bincount(p.ravel().astype(np.int64),
+                                                                              minlength=256))
+    if dtype != np.uint8:
+        for bad in (-1, 256):
+            p[1, 2, 3] = bad
+            with pytest.raises(ValueError, match="outside 0..255"):
+                log_gemm.log_codes(p)
 
 
 def test_log_shift_plan_of_4_bit_codes_is_one_byte_gemm_per_accumulator() -> None:
@@ -347,12 +402,12 @@ def test_invalid_operands_are_refused() -> None:
     for impl in (reference, kernels):
         with pytest.raises(ValueError, match="inner dimensions"):
             impl.dense_gemm(a, w)
-        with pytest.raises(ValueError, match="above the zero code"):
-            impl.log_shift_gemm(np.full((2, 6), 16, np.uint8), w, 0, "sqrt2", 15)
+        for e in (0, 10):  # a plan from the codes present; one for every code (the range checked while filling)
+            with pytest.raises(ValueError, match="outside 0 .. the zero code"):
+                impl.log_shift_gemm(np.full((2, 6), 16, np.uint8), w, e, "sqrt2", 15)
     with pytest.raises(ValueError, match="out of range"):
         reference.outlier_gemm(np.array([4], np.int32), np.array([0], np.int32), np.array([1], np.int16), w[:, :5], 4)
-    with pytest.raises(ValueError, match="out of range"):
-        kernels.outlier_sum(np.zeros((4, 3), np.int32), 0, np.array([4], np.int32), np.array([0], np.int32),
-                            np.array([1], np.int16), w[:, :5], np.zeros((1, 3), np.int64), True)
+    with pytest.raises(ValueError, match="need A"):
+        kernels.outlier_sum(a, w[:, :5], 0, np.zeros((4, 6), np.int32), np.zeros((1, 3), np.int64), True)
     with pytest.raises(ValueError, match="outside int16"):
         kernels.dense_gemm(np.full((1, 6), 1 << 16, np.int32), w)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -197,6 +198,27 @@ def test_softmax_numba_equals_reference(seed, rows, cols, log_scale, spread, kin
     x = np.clip(rng.normal(0, spread, (rows, cols)), -nr.SOFTMAX_INPUT_MAX, nr.SOFTMAX_INPUT_MAX).astype(np.int32)
     consts = nr.softmax_constants(10.0**log_scale, softmax_output(kind, bits, out_scale))
     np.testing.assert_array_equal(nk.softmax(x, consts), nr.softmax(x, consts))
+
+
+@numba.njit
+def octave_log_codes(values, ascending, first, steps, zero_below, zero_code):
+    return np.array([nk._log_code(v, ascending, first, steps, zero_below, zero_code) for v in values])
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(0, 255), top=st.integers(0, 62), ties=st.booleans())
+def test_log_code_by_octaves_counts_every_threshold(seed, count, top, ties) -> None:
+    """The softmax kernel's log rule (octave start, then branch-free compares) equals the reference count
+    at both sides of every threshold and of zero_below, with thresholds tied, at 0, or in every octave."""
+    rng = np.random.default_rng(seed)
+    thresholds = np.sort(rng.integers(0, (1 << top) + 1, count))[::-1]
+    if ties and count:
+        thresholds = np.sort(np.concatenate([thresholds, thresholds[rng.integers(0, count, 5)], [0, 0]]))[::-1]
+    out = nr.LogOutput(thresholds.astype(np.int64), int(rng.integers(0, 4)), thresholds.size + 1)
+    values = np.concatenate([thresholds[:, None] + np.arange(-1, 2), [[0, 1, (1 << 62) + 5]]], axis=None)
+    values = np.unique(np.concatenate([values[values >= 0], rng.integers(0, (1 << top) + 2, 500)]))
+    np.testing.assert_array_equal(octave_log_codes(values, *nk._octaves(out.thresholds), out.zero_below,
+                                                   out.zero_code), nr.log_codes(values, out))
 
 
 def test_softmax_extreme_scores_match_float() -> None:

@@ -45,10 +45,12 @@ class Ops:
       into the bias.
     dense(a, w, bias): A @ W^T (+ int32 bias [N]), A [(G,) M, K], W [N, K] or [G, N, K].
     dense_requant(a, w, bias, r): requant(dense(a, w, bias), r) (fused in the simulator).
-    log_shift(p, b, e, base, zero_code): log codes P (uint8) times B^T by shifts (`reference`).
-    outlier_sum(dense, shift, rows, cols, codes, w, bias, saturated): PPOQ's accumulator: (dense << shift) +
-      the outliers' products (int64) + bias [T, N] (row r takes row r % T), saturated if asked (fused in the
-      simulator).
+    log_shift(p, b, e, base, zero_code): log codes P (integers) times B^T by shifts (`reference`).
+    outlier_sum(a, g, outliers): PPOQ's accumulator of Gemm g (`outlier_sum` below): (A @ W^T << shift) + the
+      outliers' products (outliers [M, K]: the LayerNorm's int16 outlier codes, 0 elsewhere) + g's bias,
+      saturated if g is; the simulator fuses it into one kernel.
+    outlier_requant(a, g, outliers, rules): per (start, stop, r) of `rules`, the codes of columns
+      [start, stop) of outlier_sum(a, g, outliers) by r (fused in the simulator; r without offset).
     requant(acc, r): the dyadic rule of `r` to codes.
     add(a, ra, b, rb): residual add, both operands requantized, the sum clamped to the residual range.
     layernorm(x, c, t), layernorm_acc(x, c), token_codes(acc, t), softmax, gelu: the integer non-linear ops.
@@ -64,6 +66,7 @@ class Ops:
     dense_requant: Callable[..., np.ndarray]
     log_shift: Callable[..., np.ndarray]
     outlier_sum: Callable[..., np.ndarray]
+    outlier_requant: Callable[..., np.ndarray]
     requant: Callable[[np.ndarray, Requant], np.ndarray]
     add: Callable[[np.ndarray, Requant, np.ndarray, Requant], np.ndarray]
     layernorm: Callable
@@ -122,16 +125,28 @@ def score_rows(scores: np.ndarray, heads: int, bias: np.ndarray | None, mask: np
     return scores.reshape(-1, t).astype(np.int32, copy=False)
 
 
-def outlier_sum(dense: np.ndarray, shift: int, rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarray,
-                bias: np.ndarray, saturated: bool) -> np.ndarray:
-    """PPOQ's accumulator (`reference`'s sparse outlier path) plus its bias [T, N], int64."""
-    acc = (dense.astype(np.int64) << shift) + outlier_gemm(rows, cols, codes, w, len(dense))
+def outlier_sum(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: np.ndarray,
+                saturated: bool) -> np.ndarray:
+    """PPOQ's accumulator (`reference`'s sparse outlier path) plus its bias [T, N] (row r takes row r % T), int64."""
+    rows, cols = np.nonzero(outliers)
+    acc = (dense_gemm(a, w) << shift) + outlier_gemm(rows, cols, outliers[rows, cols], w, len(a))
     acc += bias[np.arange(len(acc)) % len(bias)]
     return saturate(acc) if saturated else acc
 
 
+def _outlier_sum(a: np.ndarray, g: Gemm, outliers: np.ndarray) -> np.ndarray:
+    return outlier_sum(a, g.weight, g.operand.outlier_shift, outliers, np.atleast_2d(g.bias), g.saturated)
+
+
+def _outlier_requant(a: np.ndarray, g: Gemm, outliers: np.ndarray, rules: list[tuple[int, int, Requant]]
+                     ) -> list[np.ndarray]:
+    acc = _outlier_sum(a, g, outliers)
+    return [_apply(acc[:, start:stop], r) for start, stop, r in rules]
+
+
 REFERENCE_OPS = Ops(operand=_operand, weight=lambda g: g.weight, plain_input=_plain_input, dense=dense_gemm,
-                    dense_requant=_dense_requant, log_shift=log_shift_gemm, outlier_sum=outlier_sum, requant=_apply,
+                    dense_requant=_dense_requant, log_shift=log_shift_gemm, outlier_sum=_outlier_sum,
+                    outlier_requant=_outlier_requant, requant=_apply,
                     add=_add, layernorm=nonlinear_reference.layernorm,
                     layernorm_acc=nonlinear_reference.layernorm_acc, token_codes=nonlinear_reference.token_codes,
                     softmax=nonlinear_reference.softmax, gelu=nonlinear_reference.gelu, gather=gather_rows,
@@ -151,7 +166,7 @@ def _uniform_product(codes, operand: UniformOperand, w, ops: Ops, outliers, bias
 
 
 def _log_product(codes, operand: LogOperand, w, ops: Ops, outliers, bias):
-    return ops.log_shift(codes.astype(np.uint8), w, operand.frac_bits, operand.base, operand.zero_code)
+    return ops.log_shift(codes, w, operand.frac_bits, operand.base, operand.zero_code)
 
 
 def _twin_product(codes, operand: TwinOperand, w, ops: Ops, outliers, bias):
@@ -177,16 +192,18 @@ def _plain(g: Gemm) -> bool:
     return not g.saturated and g.bias.ndim == 1 and isinstance(g.operand, UniformOperand)
 
 
+def _outlier_operand(codes: np.ndarray, g: Gemm, ops: Ops) -> np.ndarray:
+    """PPOQ's dense operand: the codes minus the token's zero-point."""
+    return ops.operand(codes, _zero_point(g.operand.zero_point, codes.shape[-2]))
+
+
 def _accumulate(codes: np.ndarray, g: Gemm, ops: Ops, outliers: np.ndarray | None) -> np.ndarray:
     """A weight layer's accumulator: the product plus its bias, saturated where the program says so."""
     if _plain(g):
         a, bias = ops.plain_input(codes, g)
         return ops.dense(a, ops.weight(g), bias)
     if isinstance(g.operand, OutlierOperand):  # PPOQ: dense, sparse, bias and saturation in one op
-        a, w = ops.operand(codes, _zero_point(g.operand.zero_point, codes.shape[-2])), ops.weight(g)
-        rows, cols = np.nonzero(outliers)
-        return ops.outlier_sum(ops.dense(a, w), g.operand.outlier_shift, rows, cols, outliers[rows, cols], w,
-                               np.atleast_2d(g.bias), g.saturated)
+        return ops.outlier_sum(_outlier_operand(codes, g, ops), g, outliers)
     acc = _product(codes, g.operand, ops.weight(g), ops, outliers)
     bias = g.bias if g.bias.ndim == 1 else g.bias[np.arange(len(acc)) % len(g.bias)]
     acc = acc + bias
@@ -214,12 +231,20 @@ def _patchify(op: Patchify, t: Tensors, ops: Ops, b: int) -> None:
 
 
 def _linear(op: Linear, t: Tensors, ops: Ops, b: int) -> None:
-    """Fused GEMM + requantization per slice where the sum is plain, else one accumulator, then the rules."""
+    """Fused GEMM + requantization per slice where the sum is plain or PPOQ's, else one accumulator, then the
+    rules."""
     g, codes = op.gemm, t[op.input]
-    if _plain(g) and all(s.rule is not None and not s.rule.offset.any() for s in op.outputs):
-        (a, bias), w = ops.plain_input(codes, g), ops.weight(g)  # the fused kernel has no offset
+    fused = all(s.rule is not None and not s.rule.offset.any() for s in op.outputs)  # fused kernels: no offset
+    if _plain(g) and fused:
+        (a, bias), w = ops.plain_input(codes, g), ops.weight(g)
         for s in op.outputs:
             t[s.output] = ops.dense_requant(a, w[s.start:s.stop], bias[s.start:s.stop], s.rule)
+        return
+    if isinstance(g.operand, OutlierOperand) and fused:
+        codes_out = ops.outlier_requant(_outlier_operand(codes, g, ops), g, t[op.outliers],
+                                        [(s.start, s.stop, s.rule) for s in op.outputs])
+        for s, part in zip(op.outputs, codes_out):
+            t[s.output] = part
         return
     acc = _accumulate(codes, g, ops, t.get(op.outliers) if op.outliers else None)
     for s in op.outputs:

@@ -31,9 +31,10 @@ from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 from adfq_sim.intsim.dyadic import requantize_one
-from adfq_sim.intsim.log_gemm import bit_length, code_histogram, log_shift_by_gemms, log_shift_plan
+from adfq_sim.intsim.log_gemm import bit_length, code_histogram, log_codes, log_shift_by_gemms, log_shift_plan
 from adfq_sim.formats import LOG_BASES
-from adfq_sim.intsim.reference import SATURATION, check_bias, check_log_args, check_outliers, gemm_shapes, root_rules
+from adfq_sim.intsim.reference import (SATURATION, check_bias, check_log_args, check_log_codes, gemm_shapes,
+                                      root_rules)
 
 ROW_BLOCK = 8  # rows of A sharing each row of W while it is hot in L1
 TILE_ROWS, TILE_PANELS = 4, 4  # VNNI tile: rows of A x 16-column panels of W, 16 zmm accumulators
@@ -41,6 +42,7 @@ TILE_COLS = 16 * TILE_PANELS  # (measured: 4x4, 6x4, 8x3, 4x6 within 5%; 64 colu
 MAX_LOG_BLOCKS = 4  # more dense K-blocks run by the shift loop (measured: 2 blocks 5-8x its rate on fc2, 8 blocks slower)
 _I64_MIN, _I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 _I16 = np.iinfo(np.int16)
+_NO_RULE = (np.ones((1, 1), np.int64), np.ones((1, 1), np.int64), 0, 0, 0)  # m, s, zp, lo, hi of no requantization
 
 
 def _target_has_vnni() -> bool:
@@ -266,6 +268,19 @@ def _dense(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None, rule: tuple | 
 def _vnni_gemm(a: np.ndarray, w: np.ndarray, bias: np.ndarray, rule: tuple | None, out: np.ndarray) -> bool:
     """`_dense` by vpdpbusd into out when A's values span at most 256 integers and so do each row of W's;
     False (out untouched) otherwise."""
+    packed = _vnni_a(a)
+    weights = None if packed is None else _vnni_w(w)
+    if weights is None:
+        return False
+    m, s, zp, lo, hi = rule if rule is not None else _NO_RULE
+    _vnni_kernel(packed[0], packed[1], weights[0], weights[1], _col_terms(packed[2], weights, bias, a.shape[-1]),
+                 rule is not None, m, s, zp, lo - zp, hi - zp, out)
+    return True
+
+
+def _vnni_a(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """A [G, M, K] packed for `_vnni_tile` (uint8 A - a_lo, rows and K padded), its row sums and a_lo;
+    None when A's values span more than 256 integers."""
     if a.dtype in (np.int8, np.uint8):
         a_lo, a_hi = np.iinfo(a.dtype).min, np.iinfo(a.dtype).max
     else:
@@ -273,31 +288,46 @@ def _vnni_gemm(a: np.ndarray, w: np.ndarray, bias: np.ndarray, rule: tuple | Non
         if a_lo < _I16.min or a_hi > _I16.max:
             raise ValueError(f"GEMM operand values outside int16: [{a_lo}, {a_hi}]")
     if a_hi - a_lo > 255:
-        return False
+        return None
     groups, rows, k = a.shape
-    steps = -(-k // 4)
-    blocks = -(-w.shape[1] // TILE_COLS)
+    packed_a = np.empty((groups, -(-rows // TILE_ROWS) * TILE_ROWS, 4 * -(-k // 4)), np.uint8)
+    a_sums = np.empty(packed_a.shape[:2], np.int32)
+    _pack_a(np.ascontiguousarray(a), a_lo, packed_a, a_sums)
+    return packed_a, a_sums, a_lo
+
+
+def _vnni_w(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """W [G, N, K] packed for `_vnni_tile`, its row offsets and the row sums of W - offsets; None when a
+    row's values span more than 256 integers."""
+    blocks, steps = -(-w.shape[1] // TILE_COLS), -(-w.shape[2] // 4)
     packed_w = np.empty((w.shape[0], blocks, steps, TILE_COLS * 4), np.int8)
     w_offsets, w_sums, w_spans = (np.zeros((w.shape[0], blocks * TILE_COLS), np.int32) for _ in range(3))
     _pack_w(w, packed_w, w_offsets, w_sums, w_spans)
-    if w_spans.max() > 255:
-        return False
-    packed_a = np.empty((groups, -(-rows // TILE_ROWS) * TILE_ROWS, 4 * steps), np.uint8)
-    a_sums = np.empty(packed_a.shape[:2], np.int32)
-    _pack_a(np.ascontiguousarray(a), a_lo, packed_a, a_sums)
-    # A = A' + a_lo, W[j] = W'[j] + w_j: sum_k A W[j] = A'W'[j] + a_lo * (sum_k W'[j] + K * w_j)
-    # + w_j * sum_k A' (the last term per element, in the kernel); int32 wraps cancel in the sum.
-    col_terms = (np.pad(bias, (0, w_sums.shape[1] - bias.size)) + a_lo * (w_sums.astype(np.int64) + k * w_offsets)
-                 ).astype(np.int32)
-    m, s, zp, lo, hi = rule if rule is not None else (np.ones((1, 1), np.int64), np.ones((1, 1), np.int64), 0, 0, 0)
-    _vnni_kernel(packed_a, a_sums, packed_w, w_offsets, col_terms, rule is not None, m, s, zp, lo - zp, hi - zp,
-                 out)
-    return True
+    return None if w_spans.max() > 255 else (packed_w, w_offsets, w_sums)
+
+
+def _col_terms(a_lo: int, weights: tuple, bias: np.ndarray, k: int) -> np.ndarray:
+    """The per-column int32 terms of `_vnni_tile`: with A = A' + a_lo and W[j] = W'[j] + w_j,
+    sum_k A W[j] = A'W'[j] + a_lo * (sum_k W'[j] + K * w_j) + w_j * sum_k A' (the last term per element,
+    in the kernel); int32 wraps cancel in the sum."""
+    _, w_offsets, w_sums = weights
+    return (np.pad(bias, (0, w_sums.shape[1] - bias.size)) + a_lo * (w_sums.astype(np.int64) + k * w_offsets)
+            ).astype(np.int32)
 
 
 def dense_gemm(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """A @ W^T (+ bias) as int32 [(G,) M, N]; A [(G,) M, K], W [N, K] or [G, N, K]."""
     return _dense(a, w, bias, None)
+
+
+def _rule_rows(m: np.ndarray, s: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A rule's m, s ([1], [N] or [T, 1 | N], any integer type) as [1 | T, 1 | N] rows for the kernels."""
+    m, s = (np.ascontiguousarray(x) for x in (m, s))
+    if m.dtype.kind != "i" or s.dtype.kind != "i":
+        raise ValueError(f"m and s must be signed integers, got {m.dtype} and {s.dtype}")
+    if m.shape != s.shape or m.ndim not in (1, 2) or m.shape[-1] not in (1, n) or m.size == 0:
+        raise ValueError(f"m and s must both have shape (1 | {n},) or (T, 1 | {n}), got {m.shape} and {s.shape}")
+    return tuple(x.reshape(x.shape[0] if x.ndim == 2 else 1, -1) for x in (m, s))
 
 
 def dense_requant(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None, m: np.ndarray, s: np.ndarray,
@@ -307,11 +337,7 @@ def dense_requant(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None, m: np.n
     tensor), [N] (per output channel), or [T, 1 | N] (per token: row r of the output flattened to
     [rows, N] uses rule row r % T, as `program.Requant`). The rule runs on each GEMM tile while it is in
     cache, saving a pass over the int32 accumulator."""
-    n = w.shape[-2]
-    m, s = (np.ascontiguousarray(x, dtype=np.int64) for x in (m, s))
-    if m.shape != s.shape or m.ndim not in (1, 2) or m.shape[-1] not in (1, n) or m.size == 0:
-        raise ValueError(f"m and s must both have shape (1 | {n},) or (T, 1 | {n}), got {m.shape} and {s.shape}")
-    m, s = (x.reshape(x.shape[0] if x.ndim == 2 else 1, -1) for x in (m, s))
+    m, s = _rule_rows(m, s, w.shape[-2])
     return _dense(a, w, bias, (m, s, int(zero_point), int(lo), int(hi)))
 
 
@@ -402,18 +428,23 @@ def _code_tables(roots: int, zero_code: int) -> tuple[np.ndarray, np.ndarray]:
 
 def log_shift_gemm(p: np.ndarray, b: np.ndarray, e: int, base: str, zero_code: int,
                    bias: np.ndarray | None = None) -> np.ndarray:
-    """P (uint8 log codes) times B^T by shifts, as int32 [(G,) M, N]; see `reference.log_shift_gemm`.
-    With VNNI and a plan of at most MAX_LOG_BLOCKS K-blocks, as the dense GEMMs of `log_gemm`; else by
-    the shift loop."""
+    """P (integer log codes) times B^T by shifts, as int32 [(G,) M, N]; see `reference.log_shift_gemm`.
+    With VNNI and a plan of at most MAX_LOG_BLOCKS K-blocks (for every code up to zero_code, or failing
+    that for the codes P holds, after a histogram pass), as the dense GEMMs of `log_gemm`; else by the
+    shift loop."""
     groups, m, n, k = gemm_shapes(p, b)
     check_log_args(p, e, base, zero_code)
     roots = LOG_BASES[base]
-    p3, b3 = np.ascontiguousarray(p).reshape(groups, m, k), _codes(b).reshape(-1, n, k)
-    if VNNI and p.size and b.size:
-        plan = log_shift_plan(code_histogram(p3), e, roots, zero_code, bit_length(b3))
+    p3, b3 = log_codes(p).reshape(groups, m, k), _codes(b).reshape(-1, n, k)
+    if VNNI and p.size and b.size:  # a plan for every code when it is small (no pass to look), else for those in P
+        plan = log_shift_plan(np.arange(256) <= zero_code, e, roots, zero_code, bit_length(b3))
+        if plan.blocks > MAX_LOG_BLOCKS:
+            plan = log_shift_plan(code_histogram(p3), e, roots, zero_code, bit_length(b3))
         if plan.blocks <= MAX_LOG_BLOCKS:
             out = log_shift_by_gemms(p3, b3, plan, roots, bias, dense_gemm)
             return out.reshape(*p.shape[:-1], n)
+    if p.size:
+        check_log_codes(0, int(p3.max()), zero_code)
     out = np.empty((groups, m, n), np.int32)
     _log_shift_kernel(p3, b3.astype(np.int32) << e, zero_code, *_code_tables(roots, zero_code), *root_rules(roots),
                       _bias(bias, n), out)
@@ -421,40 +452,149 @@ def log_shift_gemm(p: np.ndarray, b: np.ndarray, e: int, base: str, zero_code: i
 
 
 @numba.njit(cache=True, parallel=True)
-def _outlier_sum_kernel(dense, shift, starts, cols, codes, w_t, bias, saturation, out):
-    # out[i] = clamp((dense[i] << shift) + bias[i % T] + sum over row i's outliers o * W^T[c]) in one pass
-    # per row, in int64 (saturation < 0: no clamp); starts [M + 1]: row i's outliers are
-    # [starts[i], starts[i + 1]) (CSR); w_t = W^T [K, N], so each outlier adds a contiguous row
-    m, n = dense.shape
-    for i in prange(m):
-        row, b = np.empty(n, np.int64), bias[i % bias.shape[0]]
-        for j in range(n):
-            row[j] = (np.int64(dense[i, j]) << shift) + b[j]
-        for o in range(starts[i], starts[i + 1]):
-            code, column = np.int64(codes[o]), w_t[cols[o]]
-            for j in range(n):
-                row[j] += code * np.int64(column[j])
-        if saturation >= 0:
-            for j in range(n):
-                out[i, j] = min(max(row[j], -saturation), saturation)
+def _row_counts(x, counts):
+    for i in prange(x.shape[0]):
+        total = 0
+        for j in range(x.shape[1]):
+            total += x[i, j] != 0
+        counts[i] = total
+
+
+@numba.njit(cache=True, parallel=True)
+def _row_entries(x, starts, cols, codes):
+    for i in prange(x.shape[0]):
+        at = starts[i]
+        for j in range(x.shape[1]):
+            if x[i, j] != 0:
+                cols[at], codes[at] = j, x[i, j]
+                at += 1
+
+
+def outlier_rows(outliers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zero entries of outliers [M, K] (the LayerNorm's int16 outlier codes, 0 elsewhere) as CSR:
+    row pointers starts [M + 1] (row i's entries are [starts[i], starts[i + 1])), int32 columns, int16 codes,
+    in row-major order; two parallel passes."""
+    x = np.ascontiguousarray(outliers)
+    counts = np.empty(x.shape[0], np.int64)
+    _row_counts(x, counts)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    cols, codes = np.empty(starts[-1], np.int32), np.empty(starts[-1], x.dtype)
+    _row_entries(x, starts, cols, codes)
+    if codes.size and (codes.min() < _I16.min or codes.max() > _I16.max):
+        raise ValueError(f"outlier codes outside int16: [{codes.min()}, {codes.max()}]")
+    return starts, cols, codes.astype(np.int16)
+
+
+@numba.njit(cache=True, inline="always")
+def _ppoq_row(acc, n, shift, bias, j0, first, last, cols, codes, w_t, saturation, out):
+    # out[c] = channel j0 + c of PPOQ's int64 sum for c < n: (acc[c] << shift) + bias + the products of the row's
+    # outliers [first, last) with W^T rows (contiguous), clamped to +-saturation unless it is negative
+    for c in range(n):
+        out[c] = (np.int64(acc[c]) << shift) + bias[j0 + c]
+    for o in range(first, last):
+        code, column = np.int32(codes[o]), w_t[cols[o], j0:j0 + n]
+        for c in range(n):
+            out[c] += code * np.int32(column[c])  # int16 x int16: the product fits int32
+    if saturation >= 0:
+        for c in range(n):
+            out[c] = min(max(out[c], -saturation), saturation)
+
+
+@numba.njit(cache=True, parallel=True)
+def _vnni_ppoq_kernel(a, a_sums, w, w_offsets, col_terms, col0, shift, starts, cols, codes, w_t, bias, saturation,
+                      requant, m, s, zp, lo, hi, out):
+    # `_vnni_kernel` (one group; W holds the columns col0 .. of W^T and bias) with PPOQ's epilogue on each tile
+    # while it is in cache: `_ppoq_row`, then the rule (m, s [T, 1 | N], row r uses row r % T; lo, hi minus zp)
+    # when `requant`, else the sum as it is
+    rows, kp = a.shape[1], a.shape[2]
+    m_out, n = out.shape
+    blocks, steps = w.shape[1], w.shape[2]
+    for tile in prange(rows // TILE_ROWS):
+        i0 = tile * TILE_ROWS
+        acc, row = np.empty((TILE_ROWS, TILE_COLS), np.int32), np.empty(TILE_COLS, np.int64)
+        for b in range(blocks):
+            j0 = b * TILE_COLS
+            j1 = min(n, j0 + TILE_COLS)
+            _vnni_tile(a, i0 * kp, kp, w, b * steps * TILE_COLS * 4, steps, col_terms, w_offsets, j0, a_sums, i0,
+                       acc, 0, TILE_COLS)
+            for r in range(min(TILE_ROWS, m_out - i0)):
+                i = i0 + r
+                _ppoq_row(acc[r], j1 - j0, shift, bias[i % bias.shape[0]], col0 + j0, starts[i], starts[i + 1], cols,
+                          codes, w_t, saturation, row)
+                if requant:
+                    t = i % m.shape[0]
+                    _requant_row(row, m[t], s[t], zp, lo, hi, j0, out[i, j0:j1])
+                else:
+                    out[i, j0:j1] = row[:j1 - j0]
+
+
+@numba.njit(cache=True, parallel=True)
+def _ppoq_kernel(dense, col0, shift, starts, cols, codes, w_t, bias, saturation, requant, m, s, zp, lo, hi, out):
+    # the portable path's epilogue, a row per iteration over columns col0 .. of the dense int32 product
+    n = out.shape[1]
+    for i in prange(dense.shape[0]):
+        v = np.empty(n, np.int64)
+        _ppoq_row(dense[i, col0:col0 + n], n, shift, bias[i % bias.shape[0]], col0, starts[i], starts[i + 1], cols,
+                  codes, w_t, saturation, v)
+        if requant:
+            t = i % m.shape[0]
+            _requant_row(v, m[t], s[t], zp, lo, hi, 0, out[i])
         else:
-            for j in range(n):
-                out[i, j] = row[j]
+            out[i] = v
 
 
-def outlier_sum(dense: np.ndarray, shift: int, rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, w: np.ndarray,
-                bias: np.ndarray, saturated: bool) -> np.ndarray:
-    """PPOQ's accumulator as `execute_reference.outlier_sum`, fused: (dense << shift) + the outliers' products
-    + bias [T, N], saturated, in one pass per row; int32 when saturated (the values fit), else int64.
-    Outliers (row, column, code) come in row-major order (as np.nonzero gives them)."""
-    if dense.ndim != 2 or w.ndim != 2 or dense.shape[1] != w.shape[0] or bias.shape[-1] != dense.shape[1]:
-        raise ValueError(f"need dense [M, N], W [N, K], bias [T, N]; got {dense.shape}, {w.shape}, {bias.shape}")
-    check_outliers(rows, cols, codes, dense.shape[0], w.shape[1])
-    if rows.size and (np.diff(rows) < 0).any():
-        raise ValueError("outliers must be sorted by row")
-    starts = np.searchsorted(rows, np.arange(dense.shape[0] + 1)).astype(np.int64)
-    out = np.empty(dense.shape, np.int32 if saturated else np.int64)
-    _outlier_sum_kernel(np.ascontiguousarray(dense), shift, starts, cols.astype(np.int64), codes.astype(np.int16),
-                        np.ascontiguousarray(_codes(w).T), np.ascontiguousarray(bias, np.int64),
-                        SATURATION if saturated else -1, out)
-    return out
+
+def _ppoq(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: np.ndarray, saturated: bool,
+          slices: list[tuple[int, int, tuple | None]]) -> list[np.ndarray]:
+    """PPOQ's sum (`outlier_sum`) over columns [start, stop) of W for each slice, or its codes by the slice's
+    rule (m [T, 1 | N], s, zero_point, lo, hi); A, the outliers' CSR rows and W^T made once for all slices."""
+    if (a.ndim != 2 or w.ndim != 2 or outliers.shape != a.shape or a.shape[1] != w.shape[1] or bias.ndim != 2
+            or bias.shape[1] != w.shape[0] or bias.dtype.kind != "i"):
+        raise ValueError(f"need A [M, K], outliers [M, K], W [N, K], integer bias [T, N]; got {a.shape}, "
+                         f"{outliers.shape}, {w.shape}, {bias.shape} {bias.dtype}")
+    starts, cols, codes = outlier_rows(outliers)
+    w = _codes(w)
+    w_t, bias = np.ascontiguousarray(w.T), np.ascontiguousarray(bias)
+    saturation = SATURATION if saturated else -1
+    packed = _vnni_a(a[None]) if VNNI and a.size and w.size else None
+    dense = None
+    outs = []
+    for start, stop, rule in slices:
+        m, s, zp, lo, hi = _NO_RULE if rule is None else rule
+        out = np.empty((a.shape[0], stop - start), np.int32 if saturated or rule is not None else np.int64)
+        weights = None if packed is None else _vnni_w(w[None, start:stop])
+        if weights is not None:
+            _vnni_ppoq_kernel(packed[0], packed[1], weights[0], weights[1],
+                              _col_terms(packed[2], weights, np.zeros(stop - start, np.int32), a.shape[1]), start,
+                              shift, starts, cols, codes, w_t, bias, saturation, rule is not None, m, s, zp, lo - zp,
+                              hi - zp, out)
+        else:
+            if dense is None:
+                dense = np.empty((1, a.shape[0], w.shape[0]), np.int32)
+                _dense_kernel(_codes(a)[None], w[None], np.zeros(w.shape[0], np.int32), dense)
+            _ppoq_kernel(dense[0], start, shift, starts, cols, codes, w_t, bias, saturation, rule is not None, m, s,
+                         zp, lo - zp, hi - zp, out)
+        outs.append(out)
+    return outs
+
+
+def outlier_sum(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: np.ndarray,
+                saturated: bool) -> np.ndarray:
+    """PPOQ's accumulator as `execute_reference.outlier_sum`, fused: (A @ W^T << shift) + the products of the
+    outliers (CSR rows of `outlier_rows`) + bias [T, N], saturated, in the GEMM tile's epilogue; int32 when
+    saturated (the values fit), else int64."""
+    return _ppoq(a, w, shift, outliers, bias, saturated, [(0, w.shape[0], None)])[0]
+
+
+def outlier_requant(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: np.ndarray,
+                    saturated: bool, rules: list[tuple[int, int, np.ndarray, np.ndarray, int, int, int]]
+                    ) -> list[np.ndarray]:
+    """`outlier_sum`'s accumulator straight to int32 codes, in the same epilogue, one array per rule
+    (start, stop, m, s, zero_point, lo, hi): columns [start, stop) by the rule of `dense_requant` (m, s [1],
+    [N] or [T, 1 | N] over the slice's N columns)."""
+    slices = []
+    for start, stop, m, s, zero_point, lo, hi in rules:
+        if not 0 <= start < stop <= w.shape[0]:
+            raise ValueError(f"output columns [{start}, {stop}) outside the {w.shape[0]} of W")
+        slices.append((start, stop, (*_rule_rows(m, s, stop - start), int(zero_point), int(lo), int(hi))))
+    return _ppoq(a, w, shift, outliers, bias, saturated, slices)

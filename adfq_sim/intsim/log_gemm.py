@@ -46,11 +46,12 @@ class LogGemm:
 @dataclass(frozen=True)
 class LogPlan:
     """The GEMMs, and per code (256 entries) which GEMM, which K-block and which byte it contributes
-    (gemm -1: the zero code or an absent code)."""
+    (gemm -1: the zero code or an absent code); codes above zero_code are refused when the plan runs."""
     gemms: tuple[LogGemm, ...]
     gemm_of: np.ndarray
     block_of: np.ndarray
     value_of: np.ndarray
+    zero_code: int
 
     @property
     def blocks(self) -> int:
@@ -59,16 +60,49 @@ class LogPlan:
 
 
 @numba.njit(cache=True, parallel=True)
-def code_histogram(p):
-    """Occurrences of each uint8 code in p (any shape), counted in parallel chunks."""
-    flat = p.ravel()
-    chunks = 64
-    size = -(-flat.size // chunks)
-    counts = np.zeros((chunks, 256), np.int64)
+def _histogram_kernel(codes, counts):
+    # counts[c]: occurrences of each uint8 code in chunk c
+    chunks = counts.shape[0]
+    size = -(-codes.size // chunks)
     for c in prange(chunks):
         local = counts[c]
-        for q in flat[c * size:(c + 1) * size]:
+        for q in codes[c * size:(c + 1) * size]:
             local[q] += 1
+
+
+@numba.njit(cache=True, parallel=True)
+def _narrow_kernel(flat, codes, outside):
+    # codes = flat as uint8; outside[c] != 0 when chunk c holds a value past 0..255 (one vectorised loop over
+    # each chunk's slices: indexing the whole array from a computed range measured 8x slower)
+    chunks = outside.size
+    size = -(-flat.size // chunks)
+    for c in prange(chunks):
+        src, dst = flat[c * size:(c + 1) * size], codes[c * size:(c + 1) * size]
+        bad = np.int64(0)
+        for i in range(src.size):
+            q = np.int64(src[i])
+            bad |= q & np.int64(-256)
+            dst[i] = np.uint8(q)
+        outside[c] = bad
+
+
+def log_codes(p: np.ndarray) -> np.ndarray:
+    """Integer codes P as a C-contiguous uint8 array (no copy when they are already); a code outside 0..255
+    is a ValueError."""
+    codes = np.ascontiguousarray(p)
+    if codes.dtype != np.uint8:
+        outside = np.zeros(64, np.int64)
+        codes, wide = np.empty(codes.shape, np.uint8), codes
+        _narrow_kernel(wide.ravel(), codes.ravel(), outside)
+        if outside.any():
+            raise ValueError(f"log codes outside 0..255: [{wide.min()}, {wide.max()}]")
+    return codes
+
+
+def code_histogram(p: np.ndarray) -> np.ndarray:
+    """The occurrences of each code 0..255 in uint8 codes P, counted in parallel chunks."""
+    counts = np.zeros((64, 256), np.int64)
+    _histogram_kernel(np.ascontiguousarray(p).ravel(), counts)
     return counts.sum(axis=0)
 
 
@@ -79,12 +113,13 @@ def bit_length(b: np.ndarray) -> int:
 
 
 def log_shift_plan(counts: np.ndarray, e: int, roots: int, zero_code: int, b_bits: int) -> LogPlan:
-    """The GEMMs that compute the log-shift GEMM of a P whose code histogram is `counts` (see the
-    module docstring); `b_bits`: `bit_length` of B."""
+    """The GEMMs that compute the log-shift GEMM of a P whose codes are those with counts > 0 (see the
+    module docstring): its histogram, or every code when P is not looked at first; `b_bits`: `bit_length`
+    of B."""
     gemm_of, block_of, value_of = (np.full(256, -1, np.int32), np.zeros(256, np.int32), np.zeros(256, np.uint8))
     gemms: list[LogGemm] = []
-    for lane in range(roots):
-        codes = [q for q in range(lane, 256, roots) if q != zero_code and counts[q]]
+    live = [[q for q in range(lane, 256, roots) if q != zero_code and counts[q]] for lane in range(roots)]
+    for lane, codes in enumerate(live):  # every lane's exact windows first: GEMMs with one W run as one call
         exact = sorted((q for q in codes if e - q // roots >= 0), key=lambda q: -(e - q // roots))
         while exact:  # windows from the largest exponent down, each holding as many codes as it can
             top = e - exact[0] // roots
@@ -94,22 +129,28 @@ def log_shift_plan(counts: np.ndarray, e: int, roots: int, zero_code: int, b_bit
                 gemm_of[q], value_of[q] = len(gemms), 1 << (e - q // roots - base)
             gemms.append(LogGemm(lane, base, (0,)))
             exact = exact[len(inside):]
+    for lane, codes in enumerate(live):
         shift_of = {q: min(q // roots - e, b_bits) for q in codes if e - q // roots < 0}
         if shift_of:
             shifts = tuple(sorted(set(shift_of.values())))
             for q, s in shift_of.items():
                 gemm_of[q], block_of[q], value_of[q] = len(gemms), shifts.index(s), 1
             gemms.append(LogGemm(lane, 0, shifts))
-    return LogPlan(tuple(gemms), gemm_of, block_of, value_of)
+    return LogPlan(tuple(gemms), gemm_of, block_of, value_of, zero_code)
 
 
 @numba.njit(cache=True, parallel=True)
-def _fill_operands(p, tables, offsets, blocks, out):
+def _fill_operands(p, tables, offsets, blocks, out, highest):
     # p [G, M, K] codes -> out: GEMM g's operand [G, M, blocks[g] * K] at out[offsets[g]:]; its K-block t
-    # holds tables[offsets of (g, t)][code] (`_block_tables`): a gather from a 256-byte table per element
+    # holds tables[offsets of (g, t)][code] (`_block_tables`): a gather from a 256-byte table per element;
+    # highest[row] = the row's largest code (the range check, in the same pass)
     groups, m, k = p.shape
     for row_index in prange(groups * m):
         row = p[row_index // m, row_index % m]
+        top = np.uint8(0)
+        for c in range(k):
+            top = max(top, row[c])
+        highest[row_index] = top
         table = 0
         for g in range(blocks.shape[0]):
             for t in range(blocks[g]):
@@ -136,14 +177,22 @@ def log_shift_by_gemms(p: np.ndarray, b: np.ndarray, plan: LogPlan, roots: int, 
     groups, m, k = p.shape
     blocks = np.array([len(g.shifts) for g in plan.gemms], np.int64)
     offsets = np.concatenate([[0], np.cumsum(blocks * groups * m * k)])
-    operands = np.empty(int(offsets[-1]), np.uint8)
-    _fill_operands(p, _block_tables(plan), offsets[:-1].copy(), blocks, operands)
-    b = b[0] if b.shape[0] == 1 else b  # shared weights: W [N, K'] for every group
+    operands, highest = np.empty(int(offsets[-1]), np.uint8), np.zeros(groups * m, np.uint8)
+    _fill_operands(p, _block_tables(plan), offsets[:-1].copy(), blocks, operands, highest)
+    if highest.size and highest.max() > plan.zero_code:
+        raise ValueError(f"log codes [0, {highest.max()}] outside 0 .. the zero code {plan.zero_code}")
     parts = np.empty((len(plan.gemms), groups, m, b.shape[-2]), np.int32)
-    for index, gemm in enumerate(plan.gemms):
-        a = operands[offsets[index]:offsets[index + 1]].reshape(groups, m, blocks[index] * k)
-        w = b if gemm.shifts == (0,) else np.concatenate([b >> s for s in gemm.shifts], axis=-1)
-        parts[index] = dense(a, w)
+    first = 0
+    while first < len(plan.gemms):  # consecutive GEMMs with the same W: one call, their operands stacked
+        shifts = plan.gemms[first].shifts
+        last = first + 1
+        while last < len(plan.gemms) and plan.gemms[last].shifts == shifts:
+            last += 1
+        a = operands[offsets[first]:offsets[last]].reshape((last - first) * groups, m, len(shifts) * k)
+        w = b if shifts == (0,) else np.concatenate([b >> s for s in shifts], axis=-1)
+        w = w[0] if w.shape[0] == 1 else np.concatenate([w] * (last - first))  # shared, or per stacked group
+        parts[first:last] = dense(a, w).reshape(last - first, groups, m, -1)
+        first = last
     out = np.empty(parts.shape[1:], np.int32)
     bias = np.zeros(out.shape[-1], np.int64) if bias is None else np.asarray(bias, np.int64)
     _combine(parts, np.array([g.lane for g in plan.gemms], np.int64), np.array([g.scale for g in plan.gemms], np.int64),

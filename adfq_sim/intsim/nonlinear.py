@@ -6,8 +6,11 @@ Input-range checks are the reference's own (`check_codes`), run before each kern
 
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import leading_zeros
 
 from adfq_sim.intsim.dyadic import requantize_one
 from adfq_sim.intsim.nonlinear_reference import (
@@ -78,18 +81,25 @@ def _uniform_code(acc: np.int64, m: np.int64, s: np.int64, zp: np.int64, qmax: n
 
 
 @numba.njit(cache=True, inline="always")
-def _log_code(v: np.int64, thresholds: np.ndarray, zero_below: np.int64, zero_code: np.int64) -> np.int64:
-    """#{k : v <= thresholds[k]} by binary search over the descending thresholds."""
-    if v < zero_below:
-        return zero_code
-    lo, hi = 0, thresholds.size
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if thresholds[mid] >= v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _log_code(v, ascending, first, steps, zero_below, zero_code):
+    """#{k : v <= thresholds[k]} for v >= 0 as n - #{a < v} over the thresholds sorted ascending: the count
+    below v's octave, then `steps` branch-free compares inside it (`_octaves`; vectorises, where the binary
+    search it replaced mispredicted)."""
+    k = first[64 - leading_zeros(v)]
+    for _ in range(steps):
+        k += ascending[k] < v
+    return zero_code if v < zero_below else ascending.size - steps - 1 - k
+
+
+def _octaves(thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """`_log_code`'s tables: the thresholds ascending (padded so that `steps` compares stay inside); per
+    octave of v, [2**(b-1), 2**b - 1] for bit length b (b = 0: v = 0), the count of thresholds below it; and
+    `steps`, the most thresholds inside one octave below its last value."""
+    ascending = np.sort(np.asarray(thresholds, np.int64))
+    last = np.array([(1 << b) - 1 for b in range(64)], np.int64)
+    first = np.searchsorted(ascending, np.concatenate([[0], last[:-1] + 1]), side="left").astype(np.int64)
+    steps = int((np.searchsorted(ascending, last, side="left") - first).max())
+    return np.concatenate([ascending, np.full(steps + 1, np.iinfo(np.int64).max)]), first, steps
 
 
 @numba.njit(cache=True, inline="always")
@@ -228,8 +238,9 @@ SOFTMAX_ROW_BLOCK = 16  # rows per parallel iteration
 
 
 @numba.njit(cache=True, parallel=True)
-def _softmax_kernel(x, a_max, m, s, mode, um, us, uzp, qmax, thresholds, zero_below, zero_code, step_codes, out):
-    # mode: UNIFORM, LOG (descending thresholds) or STEP (ascending thresholds, a code table)
+def _softmax_kernel(x, a_max, m, s, mode, um, us, uzp, qmax, thresholds, first, steps, zero_below, zero_code,
+                    step_codes, out):
+    # mode: UNIFORM, LOG (`_octaves` tables) or STEP (ascending thresholds, a code table)
     rows, n = x.shape
     u_max = np.int64(EXP_MAX_Z) << EXP_FRAC_BITS
     frac_mask = (np.int64(1) << EXP_FRAC_BITS) - 1
@@ -258,40 +269,64 @@ def _softmax_kernel(x, a_max, m, s, mode, um, us, uzp, qmax, thresholds, zero_be
                     orow[j] = _uniform_code(e[j], um, us, uzp, qmax)
             elif mode == _LOG:
                 for j in range(n):
-                    orow[j] = _log_code(e[j], thresholds, zero_below, zero_code)
+                    orow[j] = _log_code(e[j], thresholds, first, steps, zero_below, zero_code)
             else:
                 for j in range(n):
                     orow[j] = step_codes[_count_at_or_below(e[j], thresholds)]
 
 
+def _code_dtype(lo: int, hi: int) -> type:
+    """uint8 for codes that all fit a byte (a quarter of the memory traffic for the next op, which reads
+    them as they are), else int32."""
+    return np.uint8 if 0 <= lo and hi <= 255 else np.int32
+
+
 def softmax(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
-    """int32 [M, N] codes (uniform per tensor or log) of the row-wise softmax of int32 scores."""
+    """[M, N] codes (uniform per tensor, log or a step table; uint8 when every code of the output fits, else
+    int32) of the row-wise softmax of int32 scores."""
     check_codes(x, SOFTMAX_INPUT_MAX, "softmax")
     x = np.ascontiguousarray(x)
-    out = np.empty(x.shape, np.int32)
     o = c.out
-    no_table = np.zeros(0, np.int32)
     if isinstance(o, LogOutput):
-        _softmax_kernel(x, c.a_max, c.m, c.s, _LOG, 0, 1, 0, 0, o.thresholds, o.zero_below, o.zero_code, no_table,
-                        out)
+        dtype = _code_dtype(0, o.zero_code)
     elif isinstance(o, StepOutput):
-        _softmax_kernel(x, c.a_max, c.m, c.s, _STEP, 0, 1, 0, 0, o.thresholds, 0, 0, o.codes, out)
+        dtype = _code_dtype(int(o.codes.min()), int(o.codes.max()))
+    else:
+        dtype = _code_dtype(0, o.qmax)
+    out = np.empty(x.shape, dtype)
+    no_table, no_octaves = np.zeros(0, np.int32), np.zeros(64, np.int64)
+    if isinstance(o, LogOutput):
+        _softmax_kernel(x, c.a_max, c.m, c.s, _LOG, 0, 1, 0, 0, *_octaves(o.thresholds), o.zero_below, o.zero_code,
+                        no_table, out)
+    elif isinstance(o, StepOutput):
+        _softmax_kernel(x, c.a_max, c.m, c.s, _STEP, 0, 1, 0, 0, o.thresholds, no_octaves, 0, 0, 0, o.codes, out)
     else:
         _softmax_kernel(x, c.a_max, c.m, c.s, _UNIFORM, o.m[0], o.s[0], o.zero_point[0], o.qmax,
-                        np.zeros(0, np.int64), 0, 0, no_table, out)
+                        np.zeros(0, np.int64), no_octaves, 0, 0, 0, no_table, out)
     return out
 
 
 # ----------------------------------------------------------------------------------------------- GELU
 
 
-GELU_TABLE_MAX = 1 << 20  # thresholds spanning at most this many accumulators: a code table (4 MiB int32)
+GELU_TABLE_BYTES = 4 << 20  # thresholds spanning a table of at most this size: a code per accumulator, in the
+# narrowest integer type holding the codes (a byte each for 4 Mi accumulators)
+GELU_BUCKETS = 1 << 14  # wider spans: the step count at each of at most this many bucket starts (64 KiB, in L2;
+# measured fastest of 2**12 .. 2**21 on SLQ's 4- and 8-bit GELU steps)
+_gelu_steps: WeakKeyDictionary[GeluConstants, tuple] = WeakKeyDictionary()  # made once per exported GELU
 
 
 @numba.njit(cache=True, parallel=True)
-def _gelu_kernel(acc, thresholds, codes, out):
+def _gelu_bucket_kernel(acc, lo, hi, shift, first, thresholds, codes, out):
+    # the count of thresholds <= v: the count at v's bucket start, then the few thresholds inside the bucket
+    # (9x the binary search, whose branches mispredict, on SLQ's steps)
+    n = thresholds.size
     for i in numba.prange(acc.size):
-        out[i] = codes[_count_at_or_below(np.int64(acc[i]), thresholds)]
+        v = min(max(np.int64(acc[i]), lo), hi)
+        k = first[(v - lo) >> shift]
+        while k < n and thresholds[k] <= v:
+            k += 1
+        out[i] = codes[k]
 
 
 @numba.njit(cache=True, parallel=True)
@@ -301,19 +336,45 @@ def _gelu_table_kernel(acc, lo, hi, table, out):
         out[i] = table[min(max(acc[i], lo), hi) - lo]
 
 
+def _narrowest(codes: np.ndarray) -> np.ndarray:
+    """codes in the narrowest of uint8 / int8 / int16 / int32 that holds them."""
+    for dtype in (np.uint8, np.int8, np.int16):
+        if np.iinfo(dtype).min <= codes.min() and codes.max() <= np.iinfo(dtype).max:
+            return codes.astype(dtype)
+    return codes.astype(np.int32)
+
+
+def _gelu_step_args(c: GeluConstants) -> tuple:
+    """("table", lo, hi, table) or ("buckets", lo, hi, shift, first): how `gelu` finds an accumulator's code."""
+    t, codes = c.thresholds, _narrowest(c.codes)
+    i32 = np.iinfo(np.int32)
+    if i32.min < t[0] and t[-1] <= i32.max and (t[-1] - t[0] + 2) * codes.itemsize <= GELU_TABLE_BYTES:
+        # the code of every accumulator in [t[0] - 1, t[-1]] (the rest clamps there): code k over [t[k-1], t[k])
+        return "table", np.int32(t[0] - 1), np.int32(t[-1]), np.repeat(codes, np.diff(t, prepend=t[0] - 1,
+                                                                                   append=t[-1] + 1))
+    # buckets of 2**shift accumulators from lo = t[0] - 1 (count 0) up to hi = t[-1] (count t.size)
+    lo, hi = int(t[0]) - 1, int(t[-1])
+    shift = max(0, (hi - lo).bit_length() - GELU_BUCKETS.bit_length() + 1)
+    starts = lo + (np.arange(((hi - lo) >> shift) + 1, dtype=np.int64) << shift)
+    return "buckets", lo, hi, shift, np.searchsorted(t, starts, side="right")
+
+
 def gelu(acc: np.ndarray, c: GeluConstants) -> np.ndarray:
-    """int32 codes (the shape of acc) of GELU on int32 accumulators, by the exported breakpoints."""
+    """Codes (the shape of acc; uint8 when every code fits, else int32) of GELU on int32 accumulators, by
+    the exported breakpoints."""
     acc = np.asarray(acc)
     if acc.dtype != np.int32:
         raise ValueError(f"gelu takes int32 accumulators, got {acc.dtype}")
     flat = np.ascontiguousarray(acc).ravel()
-    out = np.empty(flat.shape, np.int32)
-    t = c.thresholds
-    i32 = np.iinfo(np.int32)
-    if t.size and i32.min < t[0] and t[-1] <= i32.max and t[-1] - t[0] < GELU_TABLE_MAX:
-        # the code of every accumulator in [t[0] - 1, t[-1]] (the rest clamps there): code k over [t[k-1], t[k])
-        table = np.repeat(c.codes.astype(np.int32), np.diff(t, prepend=t[0] - 1, append=t[-1] + 1))
-        _gelu_table_kernel(flat, np.int32(t[0] - 1), np.int32(t[-1]), table, out)
+    out = np.empty(flat.shape, _code_dtype(int(c.codes.min()), int(c.codes.max())))
+    if not c.thresholds.size:
+        out.fill(c.codes[0])
+        return out.reshape(acc.shape)
+    steps = _gelu_steps.get(c)
+    if steps is None:
+        steps = _gelu_steps[c] = _gelu_step_args(c)
+    if steps[0] == "table":
+        _gelu_table_kernel(flat, *steps[1:], out)
     else:
-        _gelu_kernel(flat, t, c.codes, out)
+        _gelu_bucket_kernel(flat, *steps[1:], c.thresholds, c.codes, out)
     return out.reshape(acc.shape)

@@ -82,14 +82,19 @@ def root_rules(roots: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_log_args(p: np.ndarray, e: int, base: str, zero_code: int) -> None:
+    """The log-shift GEMM's arguments, but for the range of P's values (`check_log_codes`)."""
     if base not in LOG_BASES:
         raise ValueError(f"unknown log base {base!r}; expected one of {sorted(LOG_BASES)}")
     if not 0 <= e <= 31:
         raise ValueError(f"fraction bits E must be in 0..31, got {e}")
-    if p.dtype != np.uint8 or not 1 <= zero_code <= 255:
-        raise ValueError(f"log codes must be uint8 with a zero code in 1..255, got {p.dtype}, {zero_code}")
-    if p.size and int(p.max()) > zero_code:
-        raise ValueError(f"log code {int(p.max())} above the zero code {zero_code}")
+    if p.dtype.kind not in "iu" or not 1 <= zero_code <= 255:
+        raise ValueError(f"log codes must be integers with a zero code in 1..255, got {p.dtype}, {zero_code}")
+
+
+def check_log_codes(lo: int, hi: int, zero_code: int) -> None:
+    """P's smallest and largest code must lie in 0 .. zero_code."""
+    if lo < 0 or hi > zero_code:
+        raise ValueError(f"log codes [{lo}, {hi}] outside 0 .. the zero code {zero_code}")
 
 
 def check_outliers(rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, m: int, k: int) -> None:
@@ -118,6 +123,8 @@ def log_shift_gemm(p: np.ndarray, b: np.ndarray, e: int, base: str, zero_code: i
     """P (log codes) times B^T by shifts, exactly, as int64 [(G,) M, N]; see the module docstring."""
     groups, m, n, _ = gemm_shapes(p, b)
     check_log_args(p, e, base, zero_code)
+    if p.size:
+        check_log_codes(int(p.min()), int(p.max()), zero_code)
     p3, b3 = p.reshape(groups, m, -1), b.reshape(-1, n, b.shape[-1])
     roots = LOG_BASES[base]
     rule_m, rule_s = root_rules(roots)
