@@ -142,7 +142,7 @@ def log_shift_plan(counts: np.ndarray, e: int, roots: int, zero_code: int, b_bit
 @numba.njit(cache=True, parallel=True)
 def _fill_operands(p, tables, offsets, blocks, out, highest):
     # p [G, M, K] codes -> out: GEMM g's operand [G, M, blocks[g] * K] at out[offsets[g]:]; its K-block t
-    # holds tables[offsets of (g, t)][code] (`_block_tables`): a gather from a 256-byte table per element;
+    # holds tables[offsets of (g, t)][code] (`log_block_tables`): a gather from a 256-byte table per element;
     # highest[row] = the row's largest code (the range check, in the same pass)
     groups, m, k = p.shape
     for row_index in prange(groups * m):
@@ -161,7 +161,7 @@ def _fill_operands(p, tables, offsets, blocks, out, highest):
                 table += 1
 
 
-def _block_tables(plan: LogPlan) -> np.ndarray:
+def log_block_tables(plan: LogPlan) -> np.ndarray:
     """[blocks, 256] uint8: per K-block of each GEMM in order, the byte each code contributes there."""
     tables = []
     for index, gemm in enumerate(plan.gemms):
@@ -178,7 +178,7 @@ def log_shift_by_gemms(p: np.ndarray, b: np.ndarray, plan: LogPlan, roots: int, 
     blocks = np.array([len(g.shifts) for g in plan.gemms], np.int64)
     offsets = np.concatenate([[0], np.cumsum(blocks * groups * m * k)])
     operands, highest = np.empty(int(offsets[-1]), np.uint8), np.zeros(groups * m, np.uint8)
-    _fill_operands(p, _block_tables(plan), offsets[:-1].copy(), blocks, operands, highest)
+    _fill_operands(p, log_block_tables(plan), offsets[:-1].copy(), blocks, operands, highest)
     if highest.size and highest.max() > plan.zero_code:
         raise ValueError(f"log codes [0, {highest.max()}] outside 0 .. the zero code {plan.zero_code}")
     parts = np.empty((len(plan.gemms), groups, m, b.shape[-2]), np.int32)
