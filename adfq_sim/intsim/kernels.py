@@ -616,8 +616,8 @@ def _ppoq_row(acc, n, shift, bias, j0, first, last, cols, codes, w_t, saturation
 
 
 @numba.njit(cache=True, parallel=True)
-def _vnni_ppoq_kernel(a, a_sums, w, w_offsets, col_terms, col0, shift, starts, cols, codes, w_t, bias, saturation,
-                      requant, m, s, zp, lo, hi, out):
+def _vnni_ppoq_kernel(a, a_sums, w, w_offsets, col_terms, order, col0, shift, starts, cols, codes, w_t, bias,
+                      saturation, requant, m, s, zp, lo, hi, out):
     # `_vnni_kernel` (one group; W holds the columns col0 .. of W^T and bias) with PPOQ's epilogue on each
     # TILE_ROWS x N strip while it is in cache: `_ppoq_row` over the whole row (one call per row, not per
     # 64-column tile: the per-call views cost as much as the arithmetic), then the rule (m, s [T, 1 | N], row r
@@ -625,8 +625,8 @@ def _vnni_ppoq_kernel(a, a_sums, w, w_offsets, col_terms, col0, shift, starts, c
     rows, kp = a.shape[1], a.shape[2]
     m_out, n = out.shape
     blocks, steps = w.shape[1], w.shape[2]
-    for tile in prange(rows // TILE_ROWS):
-        i0 = tile * TILE_ROWS
+    for index in prange(order.size):
+        i0 = order[index] * TILE_ROWS
         strip, row = np.empty((TILE_ROWS, blocks * TILE_COLS), np.int32), np.empty(n, np.int64)
         for b in range(blocks):
             _vnni_tile(a, i0 * kp, kp, w, b * steps * TILE_COLS * 4, steps, col_terms, w_offsets, b * TILE_COLS,
@@ -659,7 +659,7 @@ def _ppoq_kernel(dense, col0, shift, starts, cols, codes, w_t, bias, saturation,
 
 
 def _ppoq(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: np.ndarray, saturated: bool,
-          slices: list[tuple[int, int, tuple | None]]) -> list[np.ndarray]:
+          slices: list[tuple[int, int, tuple | None]], w_t: np.ndarray | None) -> list[np.ndarray]:
     """PPOQ's sum (`outlier_sum`) over columns [start, stop) of W for each slice, or its codes by the slice's
     rule (m [T, 1 | N], s, zero_point, lo, hi); A, the outliers' CSR rows and W^T made once for all slices."""
     if (a.ndim != 2 or w.ndim != 2 or outliers.shape != a.shape or a.shape[1] != w.shape[1] or bias.ndim != 2
@@ -668,9 +668,15 @@ def _ppoq(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: 
                          f"{outliers.shape}, {w.shape}, {bias.shape} {bias.dtype}")
     starts, cols, codes = outlier_rows(outliers)
     w = _codes(w)
-    w_t, bias = np.ascontiguousarray(w.T), np.ascontiguousarray(bias)
+    if w_t is not None and w_t.shape != w.shape[::-1]:
+        raise ValueError(f"W^T of shape {w_t.shape} for W of shape {w.shape}")
+    w_t, bias = np.ascontiguousarray(w.T if w_t is None else w_t), np.ascontiguousarray(bias)
     saturation = SATURATION if saturated else -1
     packed = _vnni_a(a[None]) if VNNI and a.size and w.size else None
+    # row tiles in token order: the per-token constants of a token (bias, rule: KBs per row) are read once
+    # for all images instead of once per image
+    tokens = max([bias.shape[0]] + [rule[0].shape[0] for _, _, rule in slices if rule is not None])
+    order = np.argsort(np.arange(-(-a.shape[0] // TILE_ROWS)) * TILE_ROWS % tokens, kind="stable")
     dense = None
     outs = []
     for start, stop, rule in slices:
@@ -679,7 +685,7 @@ def _ppoq(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: 
         weights = None if packed is None else _vnni_w(w[None, start:stop])
         if weights is not None:
             _vnni_ppoq_kernel(packed[0], packed[1], weights[0], weights[1],
-                              _col_terms(packed[2], weights, np.zeros(stop - start, np.int32), a.shape[1]), start,
+                              _col_terms(packed[2], weights, np.zeros(stop - start, np.int32), a.shape[1]), order, start,
                               shift, starts, cols, codes, w_t, bias, saturation, rule is not None, m, s, zp, lo - zp,
                               hi - zp, out)
         else:
@@ -693,16 +699,16 @@ def _ppoq(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: 
 
 
 def outlier_sum(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: np.ndarray,
-                saturated: bool) -> np.ndarray:
+                saturated: bool, w_t: np.ndarray | None = None) -> np.ndarray:
     """PPOQ's accumulator as `execute_reference.outlier_sum`, fused: (A @ W^T << shift) + the products of the
     outliers (CSR rows of `outlier_rows`) + bias [T, N], saturated, in the GEMM tile's epilogue; int32 when
-    saturated (the values fit), else int64."""
-    return _ppoq(a, w, shift, outliers, bias, saturated, [(0, w.shape[0], None)])[0]
+    saturated (the values fit), else int64. w_t: W^T contiguous, when the caller keeps one per layer."""
+    return _ppoq(a, w, shift, outliers, bias, saturated, [(0, w.shape[0], None)], w_t)[0]
 
 
 def outlier_requant(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: np.ndarray,
-                    saturated: bool, rules: list[tuple[int, int, np.ndarray, np.ndarray, int, int, int]]
-                    ) -> list[np.ndarray]:
+                    saturated: bool, rules: list[tuple[int, int, np.ndarray, np.ndarray, int, int, int]],
+                    w_t: np.ndarray | None = None) -> list[np.ndarray]:
     """`outlier_sum`'s accumulator straight to int32 codes, in the same epilogue, one array per rule
     (start, stop, m, s, zero_point, lo, hi): columns [start, stop) by the rule of `dense_requant` (m, s [1],
     [N] or [T, 1 | N] over the slice's N columns)."""
@@ -711,4 +717,4 @@ def outlier_requant(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarr
         if not 0 <= start < stop <= w.shape[0]:
             raise ValueError(f"output columns [{start}, {stop}) outside the {w.shape[0]} of W")
         slices.append((start, stop, (*_rule_rows(m, s, stop - start), int(zero_point), int(lo), int(hi))))
-    return _ppoq(a, w, shift, outliers, bias, saturated, slices)
+    return _ppoq(a, w, shift, outliers, bias, saturated, slices, w_t)
