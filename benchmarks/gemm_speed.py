@@ -3,7 +3,7 @@
 In one process, round-robin: the dense kernel for each operand storage (A/W as int8 or int16, int8-valued
 codes; the VNNI path where the CPU has it), the portable path alone (VNNI off), `dense_requant` (the GEMM
 with its per-channel requantization epilogue), torch FP32 on the same shapes, the log-shift kernel on
-softmax.V (batch x heads groups) and on fc2, and PPOQ's fused accumulator (1% outliers) on fc1.
+softmax.V (batch x heads groups) and on fc2, and PPOQ's fused kernel (1% outliers, per-token rules) on fc1.
 The last line is `ratio: X`, the dense kernel's GMAC/s (A int16, W int8: what the simulator stores) over
 torch FP32's on fc1.
 
@@ -79,17 +79,19 @@ def main() -> None:
                   f"ratio to torch {rates[label] / rates['torch']:5.2f}")
         if name == "fc1":
             fc1 = {"torch": rates["torch"], "kernel": rates["A int16 x W int8"]}
-            count = macs // n // 100  # 1% of the input elements are outliers
-            pos = rng.choice(m * k, size=count, replace=False)
-            rows, cols = (pos // k).astype(np.int32), (pos % k).astype(np.int32)
-            codes = rng.integers(-(1 << 15), 1 << 15, count).astype(np.int16)
-            order = np.lexsort((cols, rows))
-            rows, cols, codes = rows[order], cols[order], codes[order]
-            dense, w8, bias = np.zeros((m, n), np.int32), w.astype(np.int8), np.zeros((1, n), np.int64)
-            fused = {"fused": lambda: kernels.outlier_sum(dense, 4, rows, cols, codes, w8, bias, True)}
-            seconds = best_seconds(fused, reps)["fused"]
-            print(f"fc1  PPOQ sum: << shift, 1% outliers ({count}), bias, saturation, one pass: "
-                  f"{seconds * 1e3:.2f} ms ({count * n / seconds / 1e9:.2f} sparse GMAC/s)")
+            count = macs // n // 100  # 1% of the input elements are outliers, per-token bias and rule
+            outliers = np.zeros((m, k), np.int32)
+            outliers.flat[rng.choice(m * k, size=count, replace=False)] = rng.integers(-(1 << 15), 1 << 15, count)
+            ppoq_a = np.where(outliers != 0, 0, a16).astype(np.int16)
+            bias = rng.integers(-(1 << 20), 1 << 20, (TOKENS, n)).astype(np.int32)
+            rule = [(0, n, rng.integers(1 << 30, 1 << 31, (TOKENS, n)).astype(np.int32),
+                     rng.integers(40, 48, (TOKENS, n)).astype(np.int8), 0, -(1 << 31) + 1, (1 << 31) - 1)]
+            ppoq = {"dense requant": lambda: kernels.dense_requant(a16, w8, None, scale_m, scale_s, 128, 0, 255),
+                    "ppoq": lambda: kernels.outlier_requant(ppoq_a, w8, 4, outliers, bias, True, rule)}
+            seconds = best_seconds(ppoq, reps)
+            print(f"fc1  PPOQ fused (GEMM, 1% outliers ({count}) from CSR rows, per-token bias, saturation, per-token "
+                  f"x channel requant): {macs / seconds['ppoq'] / 1e9:.1f} GMAC/s, "
+                  f"{seconds['ppoq'] / seconds['dense requant']:.2f}x the time of dense_requant")
 
     groups, head_dim = BATCH * HEADS, DIM // HEADS
     shapes = {"softmax.V": (groups, TOKENS, TOKENS, head_dim), "fc2 (SLQ)": (1, m, 4 * DIM, DIM)}

@@ -250,9 +250,20 @@ def cost(load: Workload, spec: AcceleratorSpec) -> Cost:
     layers = [_gemm_cost(g, spec, resident) for g in load.gemms]
     layers += [_vector_cost(v, spec) for v in load.vector_ops]
     peak = max(g.groups * (g.m * g.k * g.a_bits + g.m * g.n * g.out_bits) for g in load.gemms)
-    index_bits = max(1, int(np.ceil(np.log2(max(g.m * g.k for g in load.gemms)))))
-    outliers = sum(g.outliers for g in load.gemms) * (OUTLIER_BITS + index_bits)
+    outliers = sum(_outlier_list_bits(g) for g in load.gemms if g.outliers)
     return Cost(spec, layers, weight_bits, float(peak), float(outliers))
+
+
+def _outlier_list_bits(g: GemmOp) -> float:
+    """Storage of a GEMM's PPOQ outliers in the simulator's CSR form (`kernels.outlier_rows`): a row pointer
+    per token row (+1) and per outlier its int16 code and its column."""
+    pointer_bits = _bits_for(g.m * g.k)
+    return (g.m + 1) * pointer_bits + g.outliers * (OUTLIER_BITS + _bits_for(g.k - 1))
+
+
+def _bits_for(value: int) -> int:
+    """Bits of an unsigned field holding 0 .. value."""
+    return max(1, int(value).bit_length())
 
 
 def sweep(load: Workload, spec: AcceleratorSpec, *, rows: np.ndarray | int | None = None,

@@ -73,6 +73,11 @@ def test_zero_outliers_cost_nothing_on_the_outlier_path(deit_small_loads):
     none = dataclasses.replace(load, gemms=[dataclasses.replace(g, outliers=0.0) for g in load.gemms])
     with_outliers, without = cost(load, spec), cost(none, spec)
     assert without.energy_pj()["outliers"] == 0 and without.outlier_bits == 0
+    # stored as CSR rows: one more outlier in a layer costs its int16 code and a column index (K = 384: 9 bits)
+    first = next(i for i, g in enumerate(load.gemms) if g.outliers)
+    one_more = dataclasses.replace(load, gemms=[dataclasses.replace(g, outliers=g.outliers + (i == first))
+                                                for i, g in enumerate(load.gemms)])
+    assert load.gemms[first].k == 384 and cost(one_more, spec).outlier_bits - with_outliers.outlier_bits == 16 + 9
     assert with_outliers.energy_pj()["outliers"] > 0 and with_outliers.cycles > without.cycles
     assert {k: v for k, v in without.energy_pj().items() if k != "outliers"} == \
         {k: v for k, v in with_outliers.energy_pj().items() if k != "outliers"}
