@@ -31,7 +31,7 @@ from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 from adfq_sim.intsim.dyadic import requantize_one
-from adfq_sim.intsim.log_gemm import (LogPlan, bit_length, code_histogram, log_block_tables, log_codes,
+from adfq_sim.intsim.log_gemm import (LogPlan, bit_length, code_histogram, combine_row, log_block_tables, log_codes,
                                      log_shift_by_gemms, log_shift_plan)
 from adfq_sim.formats import LOG_BASES
 from adfq_sim.intsim.reference import (SATURATION, check_bias, check_log_args, check_log_codes, gemm_shapes,
@@ -460,7 +460,7 @@ def _log_vnni_kernel(a, a_at, kps, a_sums, w, w_at, steps, w_offsets, col_terms,
                      rule_s, bias, out):
     # The log-shift GEMM from its plan's byte operands (`_fill_packed`) in one pass per TILE_ROWS rows: each
     # plan GEMM's int32 strip [TILE_ROWS, Np] by `_vnni_tile` (W of GEMM i at w_at[i], its offsets and column
-    # terms [plans, 1 | G, Np]), then per row the accumulators as `log_gemm._combine` does, into out [G, M, N]
+    # terms [plans, 1 | G, Np]), then per row `log_gemm.combine_row` into out [G, M, N]
     groups, m_out, n = out.shape
     plans, rows = a_at.size, a_sums.shape[2]
     w_groups, padded_n = w_offsets.shape[1], w_offsets.shape[2]
@@ -468,30 +468,17 @@ def _log_vnni_kernel(a, a_at, kps, a_sums, w, w_at, steps, w_offsets, col_terms,
     for gt in prange(groups * tiles):
         g, i0 = gt // tiles, (gt % tiles) * TILE_ROWS
         wg = g if w_groups > 1 else 0
-        strips = np.empty((plans, TILE_ROWS, padded_n), np.int32)
+        strips = np.empty((TILE_ROWS, plans, padded_n), np.int32)  # row r: every plan GEMM's result
         lanes = np.empty((roots, n), np.int64)
         for index in range(plans):
             for b in range(blocks):
                 _vnni_tile(a, a_at[index] + (g * rows + i0) * kps[index], kps[index], w,
                            w_at[index] + (wg * blocks + b) * steps[index] * TILE_COLS * 4, steps[index], col_terms,
                            w_offsets, (index * w_groups + wg) * padded_n + b * TILE_COLS, a_sums,
-                           (index * groups + g) * rows + i0, strips, index * TILE_ROWS * padded_n + b * TILE_COLS,
-                           padded_n)
+                           (index * groups + g) * rows + i0, strips, index * padded_n + b * TILE_COLS,
+                           plans * padded_n)
         for r in range(min(TILE_ROWS, m_out - i0)):
-            lanes[:] = 0
-            for index in range(plans):
-                lane, scale, src = lanes[lane_of[index]], scale_of[index], strips[index, r]
-                for j in range(n):
-                    lane[j] += np.int64(src[j]) << scale
-            total, row = lanes[0], out[g, i0 + r]
-            for j in range(n):
-                total[j] += bias[j]
-            for lr in range(1, roots):
-                lane, rm, rs = lanes[lr], rule_m[lr], rule_s[lr]
-                for j in range(n):
-                    total[j] += requantize_one(lane[j], rm, rs, _I64_MIN, _I64_MAX)
-            for j in range(n):
-                row[j] = total[j]
+            combine_row(strips[r], lane_of, scale_of, rule_m, rule_s, bias, lanes, out[g, i0 + r])
 
 
 def _log_shift_vnni(p: np.ndarray, b: np.ndarray, plan: LogPlan, roots: int, bias: np.ndarray | None

@@ -200,25 +200,34 @@ def log_shift_by_gemms(p: np.ndarray, b: np.ndarray, plan: LogPlan, roots: int, 
     return out
 
 
+@numba.njit(cache=True, inline="always")
+def combine_row(parts, lane_of, scale_of, rule_m, rule_s, bias, lanes, out):
+    """One output row: accumulator 0 + bias + the dyadic rule of each accumulator r >= 1, each accumulator
+    the sum of its GEMMs' int32 results (parts [GEMMs, N], one row each) shifted left by their scales, in
+    int64 scratch lanes [roots, N] (the final value wraps into int32 like every int32 kernel's; export
+    proved it fits)."""
+    n = out.size
+    lanes[:] = 0
+    for p in range(parts.shape[0]):
+        lane, scale, src = lanes[lane_of[p]], scale_of[p], parts[p]
+        for j in range(n):
+            lane[j] += np.int64(src[j]) << scale
+    total = lanes[0]
+    for j in range(n):
+        total[j] += bias[j]
+    for r in range(1, lanes.shape[0]):
+        lane, rm, rs = lanes[r], rule_m[r], rule_s[r]
+        for j in range(n):
+            total[j] += requantize_one(lane[j], rm, rs, _I64_MIN, _I64_MAX)
+    for j in range(n):
+        out[j] = total[j]
+
+
 @numba.njit(cache=True, parallel=True)
 def _combine(parts, lane_of, scale_of, roots, rule_m, rule_s, bias, out):
-    # out = accumulator 0 + bias + the dyadic rule of each accumulator r >= 1, each accumulator the sum of
-    # its GEMMs' int32 results shifted left by their scales, in int64 (the final value wraps into int32
-    # like every int32 kernel's; export proved it fits)
+    # `combine_row` for every row of out [G, M, N] from parts [GEMMs, G, M, N]
     groups, m, n = out.shape
     for row_index in prange(groups * m):
         g, i = row_index // m, row_index % m
-        lanes = np.zeros((roots, n), np.int64)
-        for p in range(parts.shape[0]):
-            lane, scale, src = lanes[lane_of[p]], scale_of[p], parts[p, g, i]
-            for j in range(n):
-                lane[j] += np.int64(src[j]) << scale
-        total = lanes[0]
-        for j in range(n):
-            total[j] += bias[j]
-        for r in range(1, roots):
-            lane, rm, rs = lanes[r], rule_m[r], rule_s[r]
-            for j in range(n):
-                total[j] += requantize_one(lane[j], rm, rs, _I64_MIN, _I64_MAX)
-        for j in range(n):
-            out[g, i, j] = total[j]
+        combine_row(parts[:, g, i], lane_of, scale_of, rule_m, rule_s, bias, np.empty((roots, n), np.int64),
+                    out[g, i])
