@@ -221,6 +221,21 @@ def test_log_code_by_octaves_counts_every_threshold(seed, count, top, ties) -> N
                                                    out.zero_code), nr.log_codes(values, out))
 
 
+@pytest.mark.parametrize("count", [1, 7, nk.LOG_COUNT_MAX, nk.LOG_COUNT_MAX + 1])
+def test_softmax_log_codes_by_counting_and_by_octave(count: int) -> None:
+    """Both of the kernel's log rules (every threshold compared for a few, octaves for more) equal the
+    reference with thresholds at probabilities the rows produce (and one off), tied, at 0 and past int32."""
+    rng = np.random.default_rng(count)
+    x = rng.normal(0, 3000, (40, 197)).clip(-nr.SOFTMAX_INPUT_MAX, nr.SOFTMAX_INPUT_MAX).astype(np.int32)
+    probs = nr.softmax_probabilities(x, nr.softmax_constants(1e-3, softmax_output("uniform", 8, 1.0)))
+    hit = rng.choice(probs.ravel(), count) + rng.integers(-1, 2, count)
+    thresholds = np.sort(np.concatenate([hit[:-1], [(1 << 31) + 5]]))[::-1].astype(np.int64)
+    if count > 3:
+        thresholds[-3:] = [thresholds[-3], 0, 0]
+    consts = nr.softmax_constants(1e-3, nr.LogOutput(thresholds, 3, count + 1))
+    np.testing.assert_array_equal(nk.softmax(x, consts), nr.softmax(x, consts))
+
+
 def test_softmax_extreme_scores_match_float() -> None:
     """Scores at +-(2**30 - 1) and every input scale regime: no wrap, probabilities within 1e-3."""
     rng = np.random.default_rng(3)

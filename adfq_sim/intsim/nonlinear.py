@@ -234,6 +234,7 @@ def token_codes(acc: np.ndarray, t: TokenCodes) -> tuple[np.ndarray, np.ndarray 
 # -------------------------------------------------------------------------------------------- softmax
 
 _UNIFORM, _LOG, _STEP = 0, 1, 2  # softmax output kinds
+LOG_COUNT_MAX = 16  # log outputs with at most this many thresholds compare each value with all of them
 SOFTMAX_ROW_BLOCK = 16  # rows per parallel iteration
 
 
@@ -248,6 +249,7 @@ def _softmax_kernel(x, a_max, m, s, mode, um, us, uzp, qmax, thresholds, first, 
     lo_mask = (np.int64(1) << EXP_LO_BITS) - 1
     for block in numba.prange((rows + SOFTMAX_ROW_BLOCK - 1) // SOFTMAX_ROW_BLOCK):
         e = np.empty(n, np.int64)  # once per block of rows: an allocation per row cost as much as the row
+        p32, count = np.empty(n, np.int32), np.empty(n, np.int32)
         for r in range(block * SOFTMAX_ROW_BLOCK, min(rows, (block + 1) * SOFTMAX_ROW_BLOCK)):
             xr, orow = x[r], out[r]
             top = np.int64(xr[0])
@@ -267,6 +269,16 @@ def _softmax_kernel(x, a_max, m, s, mode, um, us, uzp, qmax, thresholds, first, 
             if mode == _UNIFORM:  # one loop per kind: a branch inside stopped the uniform one vectorising
                 for j in range(n):
                     orow[j] = _uniform_code(e[j], um, us, uzp, qmax)
+            elif mode == _LOG and first.size == 0:  # few thresholds (descending): count them all, 16 int32
+                for j in range(n):                     # lanes at a time (Q30 probabilities fit int32)
+                    p32[j] = e[j]
+                    count[j] = 0
+                for k in range(thresholds.size):
+                    t = np.int32(min(thresholds[k], (1 << 31) - 1))
+                    for j in range(n):
+                        count[j] += p32[j] <= t
+                for j in range(n):
+                    orow[j] = zero_code if e[j] < zero_below else count[j]
             elif mode == _LOG:
                 for j in range(n):
                     orow[j] = _log_code(e[j], thresholds, first, steps, zero_below, zero_code)
@@ -296,8 +308,9 @@ def softmax(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
     out = np.empty(x.shape, dtype)
     no_table, no_octaves = np.zeros(0, np.int32), np.zeros(64, np.int64)
     if isinstance(o, LogOutput):
-        _softmax_kernel(x, c.a_max, c.m, c.s, _LOG, 0, 1, 0, 0, *_octaves(o.thresholds), o.zero_below, o.zero_code,
-                        no_table, out)
+        octaves = (o.thresholds, np.zeros(0, np.int64), 0) if o.thresholds.size <= LOG_COUNT_MAX else _octaves(
+            o.thresholds)
+        _softmax_kernel(x, c.a_max, c.m, c.s, _LOG, 0, 1, 0, 0, *octaves, o.zero_below, o.zero_code, no_table, out)
     elif isinstance(o, StepOutput):
         _softmax_kernel(x, c.a_max, c.m, c.s, _STEP, 0, 1, 0, 0, o.thresholds, no_octaves, 0, 0, 0, o.codes, out)
     else:
