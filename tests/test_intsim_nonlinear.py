@@ -246,6 +246,12 @@ def test_softmax_extreme_scores_match_float() -> None:
         p = nr.softmax_probabilities(x, consts) / 2.0**30
         np.testing.assert_allclose(p, torch.softmax(torch.from_numpy(x * s_in), -1).numpy(), atol=1e-3)
         np.testing.assert_array_equal(nk.softmax(x, consts), nr.softmax(x, consts))
+    consts = nr.softmax_constants(1e-3, softmax_output("uniform", 8, 1.0))
+    for bad in (top + 1, -top - 1):  # past the exported range, in the last row block: refused like the reference
+        x[-1, 5] = bad
+        for impl in (nk, nr):
+            with pytest.raises(ValueError, match="outside the exported range"):
+                impl.softmax(x, consts)
 
 
 @pytest.mark.parametrize("bits, shift", [(8, 0), (8, 6), (4, 3), (2, 1)])

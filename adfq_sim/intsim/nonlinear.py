@@ -1,7 +1,8 @@
 """Numba kernels of the integer non-linear ops: the semantics of `nonlinear_reference` (the spec,
 which also holds the export constants), rows (blocks of rows for softmax) per parallel iteration, int64
 arithmetic throughout.
-Input-range checks are the reference's own (`check_codes`), run before each kernel.
+Input-range checks are the reference's own (`check_codes`), run before each kernel; softmax checks its
+range on the kernel's pass for the row maximum (saves a min / max pass, 0.16 ms per DeiT-S layer).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from adfq_sim.intsim.nonlinear_reference import (
     SoftmaxConstants,
     StepOutput,
     TokenCodes,
+    check_code_shape,
     check_codes,
+    outside_range,
 )
 from adfq_sim.formats import OUTLIER_MAX, OUTLIER_MIN
 
@@ -240,8 +243,9 @@ SOFTMAX_ROW_BLOCK = 16  # rows per parallel iteration
 
 @numba.njit(cache=True, parallel=True)
 def _softmax_kernel(x, a_max, m, s, mode, um, us, uzp, qmax, thresholds, first, steps, zero_below, zero_code,
-                    step_codes, out):
-    # mode: UNIFORM, LOG (`_octaves` tables) or STEP (ascending thresholds, a code table)
+                    step_codes, out, outside):
+    # mode: UNIFORM, LOG (`_octaves` tables) or STEP (ascending thresholds, a code table); outside[block] = 1
+    # when a score of the block is past +-SOFTMAX_INPUT_MAX (the range check, on the pass for the row max)
     rows, n = x.shape
     u_max = np.int64(EXP_MAX_Z) << EXP_FRAC_BITS
     frac_mask = (np.int64(1) << EXP_FRAC_BITS) - 1
@@ -252,9 +256,11 @@ def _softmax_kernel(x, a_max, m, s, mode, um, us, uzp, qmax, thresholds, first, 
         p32, count = np.empty(n, np.int32), np.empty(n, np.int32)
         for r in range(block * SOFTMAX_ROW_BLOCK, min(rows, (block + 1) * SOFTMAX_ROW_BLOCK)):
             xr, orow = x[r], out[r]
-            top = np.int64(xr[0])
+            top, bottom = np.int64(xr[0]), np.int64(xr[0])
             for j in range(1, n):
-                top = max(top, np.int64(xr[j]))
+                top, bottom = max(top, np.int64(xr[j])), min(bottom, np.int64(xr[j]))
+            if top > SOFTMAX_INPUT_MAX or bottom < -SOFTMAX_INPUT_MAX:
+                outside[block] = 1
             total = np.int64(0)
             for j in range(n):
                 u = requantize_one(min(top - np.int64(xr[j]), a_max), m, s, np.int64(0), u_max)
@@ -296,7 +302,7 @@ def _code_dtype(lo: int, hi: int) -> type:
 def softmax(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
     """[M, N] codes (uniform per tensor, log or a step table; uint8 when every code of the output fits, else
     int32) of the row-wise softmax of int32 scores."""
-    check_codes(x, SOFTMAX_INPUT_MAX, "softmax")
+    check_code_shape(x, "softmax")
     x = np.ascontiguousarray(x)
     o = c.out
     if isinstance(o, LogOutput):
@@ -307,15 +313,20 @@ def softmax(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
         dtype = _code_dtype(0, o.qmax)
     out = np.empty(x.shape, dtype)
     no_table, no_octaves = np.zeros(0, np.int32), np.zeros(64, np.int64)
+    outside = np.zeros(-(-x.shape[0] // SOFTMAX_ROW_BLOCK), np.uint8)
     if isinstance(o, LogOutput):
         octaves = (o.thresholds, np.zeros(0, np.int64), 0) if o.thresholds.size <= LOG_COUNT_MAX else _octaves(
             o.thresholds)
-        _softmax_kernel(x, c.a_max, c.m, c.s, _LOG, 0, 1, 0, 0, *octaves, o.zero_below, o.zero_code, no_table, out)
+        _softmax_kernel(x, c.a_max, c.m, c.s, _LOG, 0, 1, 0, 0, *octaves, o.zero_below, o.zero_code, no_table, out,
+                        outside)
     elif isinstance(o, StepOutput):
-        _softmax_kernel(x, c.a_max, c.m, c.s, _STEP, 0, 1, 0, 0, o.thresholds, no_octaves, 0, 0, 0, o.codes, out)
+        _softmax_kernel(x, c.a_max, c.m, c.s, _STEP, 0, 1, 0, 0, o.thresholds, no_octaves, 0, 0, 0, o.codes, out,
+                        outside)
     else:
         _softmax_kernel(x, c.a_max, c.m, c.s, _UNIFORM, o.m[0], o.s[0], o.zero_point[0], o.qmax,
-                        np.zeros(0, np.int64), no_octaves, 0, 0, 0, no_table, out)
+                        np.zeros(0, np.int64), no_octaves, 0, 0, 0, no_table, out, outside)
+    if outside.any():
+        raise ValueError(outside_range("softmax", SOFTMAX_INPUT_MAX))
     return out
 
 

@@ -260,10 +260,20 @@ def check_codes(x: np.ndarray, limit: int, name: str) -> None:
     """x must be int32 [rows, channels] codes with |x| <= limit (the range the export proved).
 
     min / max rather than abs: no int64 copy (the check runs before every Numba kernel too)."""
+    check_code_shape(x, name)
+    if x.size and (int(x.min()) < -limit or int(x.max()) > limit):
+        raise ValueError(outside_range(name, limit))
+
+
+def check_code_shape(x: np.ndarray, name: str) -> None:
+    """x must be int32 [rows, channels]: `check_codes` less the range (for a kernel that checks it on its way)."""
     if x.ndim != 2 or x.dtype != np.int32 or x.shape[1] == 0:
         raise ValueError(f"{name} takes int32 codes of shape [rows, channels >= 1], got {x.dtype} {x.shape}")
-    if x.size and (int(x.min()) < -limit or int(x.max()) > limit):
-        raise ValueError(f"{name} input outside the exported range |x| <= {limit}")
+
+
+def outside_range(name: str, limit: int) -> str:
+    """The message of an input past the range export proved."""
+    return f"{name} input outside the exported range |x| <= {limit}"
 
 
 def layernorm_acc(x: np.ndarray, c: LayerNormConstants) -> np.ndarray:
