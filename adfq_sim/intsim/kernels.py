@@ -16,7 +16,12 @@ products that LLVM vectorises to vpmaddwd; int16 x int8 measured as fast as int1
 than int8 x int8 there.
 
 Log-shift GEMM: as a few byte-operand dense GEMMs (`log_gemm`: exact windows of power-of-two operands
-and floored shift planes) where that plan is small, else a shift loop per output.
+and floored shift planes) where that plan is small — on the VNNI tile in one pass that fills the
+operands in the tile's layout and combines the accumulators per rows tile — else a shift loop per output.
+
+PPOQ's accumulator (`outlier_sum`, `outlier_requant`): the dense GEMM with an epilogue per row that adds
+the per-token bias and the outliers' products (CSR rows of the LayerNorm's outlier matrix), saturates
+and applies the output rule, in int64.
 """
 
 from __future__ import annotations
