@@ -166,7 +166,7 @@ def _uniform_product(codes, operand: UniformOperand, w, ops: Ops, outliers, bias
 
 
 def _log_product(codes, operand: LogOperand, w, ops: Ops, outliers, bias):
-    return ops.log_shift(codes, w, operand.frac_bits, operand.base, operand.zero_code)
+    return ops.log_shift(codes, w, operand.frac_bits, operand.base, operand.zero_code, bias)
 
 
 def _twin_product(codes, operand: TwinOperand, w, ops: Ops, outliers, bias):
@@ -182,8 +182,8 @@ PRODUCTS: dict[type, Callable[..., np.ndarray]] = {UniformOperand: _uniform_prod
 
 def _product(codes: np.ndarray, operand: Operand, w: np.ndarray, ops: Ops, outliers: np.ndarray | None = None,
              bias: np.ndarray | None = None) -> np.ndarray:
-    """The accumulator of one GEMM by its operand's format; `bias` [N] goes into a plain dense
-    accumulator only (the caller adds any other bias)."""
+    """The accumulator of one GEMM by its operand's format; `bias` [N] goes into a plain dense or a
+    log-shift accumulator only (the caller adds any other bias)."""
     return PRODUCTS[type(operand)](codes, operand, w, ops, outliers, bias)
 
 
@@ -204,6 +204,8 @@ def _accumulate(codes: np.ndarray, g: Gemm, ops: Ops, outliers: np.ndarray | Non
         return ops.dense(a, ops.weight(g), bias)
     if isinstance(g.operand, OutlierOperand):  # PPOQ: dense, sparse, bias and saturation in one op
         return ops.outlier_sum(_outlier_operand(codes, g, ops), g, outliers)
+    if isinstance(g.operand, LogOperand) and not g.saturated and g.bias.ndim == 1:  # export proved the sum
+        return _product(codes, g.operand, ops.weight(g), ops, outliers, g.bias)    # with its bias in int32
     acc = _product(codes, g.operand, ops.weight(g), ops, outliers)
     bias = g.bias if g.bias.ndim == 1 else g.bias[np.arange(len(acc)) % len(g.bias)]
     acc = acc + bias
