@@ -36,8 +36,8 @@ from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 from adfq_sim.intsim.dyadic import requantize_one
-from adfq_sim.intsim.log_gemm import (LogPlan, bit_length, code_histogram, combine_row, log_block_tables, log_codes,
-                                     log_shift_by_gemms, log_shift_plan)
+from adfq_sim.intsim.log_gemm import (LogPlan, bit_length, check_highest_code, code_histogram, combine_row,
+                                     log_block_tables, log_codes, log_shift_by_gemms, log_shift_plan)
 from adfq_sim.formats import LOG_BASES
 from adfq_sim.intsim.reference import (SATURATION, check_bias, check_log_args, check_log_codes, gemm_shapes,
                                       root_rules)
@@ -508,13 +508,13 @@ def _log_shift_vnni(p: np.ndarray, b: np.ndarray, plan: LogPlan, roots: int, bia
     a, sums = np.empty(int(a_at[-1]), np.uint8), np.empty((len(plan.gemms), groups, rows), np.int32)
     highest = np.zeros(groups * m, np.uint8)
     _fill_packed(p, log_block_tables(plan), blocks, a_at[:-1].copy(), kps, a, sums, highest)
-    if highest.size and highest.max() > plan.zero_code:
-        raise ValueError(f"log codes [0, {highest.max()}] outside 0 .. the zero code {plan.zero_code}")
-    w_at = np.concatenate([[0], np.cumsum([wt[0].size for wt in weights])])
+    check_highest_code(highest, plan)
+    starts = dict(zip(packed_w, np.cumsum([0] + [wt[0].size for wt in packed_w.values()])))  # each W packed once
+    w_at = np.array([starts[gemm.shifts] for gemm in plan.gemms], np.int64)
     w_offsets = np.stack([wt[1] for wt in weights])
     out = np.empty((groups, m, n), np.int32)
-    _log_vnni_kernel(a, a_at[:-1].copy(), kps, sums, np.concatenate([wt[0].ravel() for wt in weights]),
-                     w_at[:-1].copy(), np.array([wt[0].shape[2] for wt in weights], np.int64), w_offsets,
+    _log_vnni_kernel(a, a_at[:-1].copy(), kps, sums, np.concatenate([wt[0].ravel() for wt in packed_w.values()]),
+                     w_at, np.array([wt[0].shape[2] for wt in weights], np.int64), w_offsets,
                      np.zeros_like(w_offsets), np.array([g.lane for g in plan.gemms], np.int64),
                      np.array([g.scale for g in plan.gemms], np.int64), roots, *root_rules(roots),
                      np.zeros(n, np.int64) if bias is None else np.asarray(bias, np.int64), out)

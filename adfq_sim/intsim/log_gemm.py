@@ -170,6 +170,12 @@ def log_block_tables(plan: LogPlan) -> np.ndarray:
     return np.array(tables, np.uint8).reshape(-1, 256)
 
 
+def check_highest_code(highest: np.ndarray, plan: LogPlan) -> None:
+    """The rows' largest codes (found while filling the operands) must not pass the plan's zero code."""
+    if highest.size and highest.max() > plan.zero_code:
+        raise ValueError(f"log codes [0, {highest.max()}] outside 0 .. the zero code {plan.zero_code}")
+
+
 def log_shift_by_gemms(p: np.ndarray, b: np.ndarray, plan: LogPlan, roots: int, bias: np.ndarray | None,
                        dense: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
     """`reference.log_shift_gemm` of p [G, M, K] uint8 and b [1 | G, N, K] by `plan`'s GEMMs, each run by
@@ -179,8 +185,7 @@ def log_shift_by_gemms(p: np.ndarray, b: np.ndarray, plan: LogPlan, roots: int, 
     offsets = np.concatenate([[0], np.cumsum(blocks * groups * m * k)])
     operands, highest = np.empty(int(offsets[-1]), np.uint8), np.zeros(groups * m, np.uint8)
     _fill_operands(p, log_block_tables(plan), offsets[:-1].copy(), blocks, operands, highest)
-    if highest.size and highest.max() > plan.zero_code:
-        raise ValueError(f"log codes [0, {highest.max()}] outside 0 .. the zero code {plan.zero_code}")
+    check_highest_code(highest, plan)
     parts = np.empty((len(plan.gemms), groups, m, b.shape[-2]), np.int32)
     first = 0
     while first < len(plan.gemms):  # consecutive GEMMs with the same W: one call, their operands stacked
