@@ -246,6 +246,25 @@ def test_outlier_path_equals_reference(shape, a_bits, w_bits, w_signed, outliers
             np.testing.assert_array_equal(got, dyadic_requant_rows(acc[:, start:stop], r_m, r_s, r_zp, lo, hi))
 
 
+@pytest.mark.parametrize("portable", [False, True])
+def test_outlier_products_switch_to_int64_when_a_row_could_wrap_int32(portable: bool) -> None:
+    """A row's outlier products are summed in int32 only when their bound fits: int16 weights at the extremes with
+    three extreme outliers in a row sum to ~3.2e9 (a wrapped int32 sum would differ); int8 weights stay exact."""
+    m, k, n = 5, 8, 6
+    for w_value in (-(1 << 15), 127):
+        w = np.full((n, k), w_value, np.int16 if w_value < -128 else np.int8)
+        matrix = np.zeros((m, k), np.int32)
+        matrix[2, :3] = OUTLIER_MIN  # 3 * 32768 * 32768 > 2**31
+        matrix[4, 5] = OUTLIER_MAX
+        a = np.zeros((m, k), np.int16)
+        bias = np.zeros((1, n), np.int64)
+        with mock.patch.object(kernels, "VNNI", kernels.VNNI and not portable):
+            np.testing.assert_array_equal(kernels.outlier_sum(a, w, 0, matrix, bias, False),
+                                          outlier_sum(a, w, 0, matrix, bias, False))
+    with pytest.raises(ValueError, match="saturated"):
+        kernels.outlier_requant(a, w, 0, matrix, bias, False, [(0, n, np.ones(1, np.int64), np.ones(1, np.int64), 0, 0, 1)])
+
+
 def dyadic_requant_rows(acc: np.ndarray, m: np.ndarray, s: np.ndarray, zp: int, lo: int, hi: int) -> np.ndarray:
     """The reference rule on an accumulator, a [T, N] rule repeating every T rows."""
     if m.ndim == 2:

@@ -209,22 +209,27 @@ def _narrowed(owner: Gemm | Requant, make: Callable[[], tuple]) -> tuple:
 
 
 def _outlier_args(g: Gemm) -> tuple:
-    """W, its transpose, the shift, the narrowed bias and saturation of a PPOQ layer (made once)."""
-    bias, w_t = _narrowed(g, lambda: (_narrow(np.atleast_2d(g.bias)), np.ascontiguousarray(_weight(g).T)))
-    return _weight(g), w_t, g.operand.outlier_shift, bias, g.saturated
+    """W, its transpose, the shift, the narrowed bias, saturation and W packed for the VNNI tile of a PPOQ layer
+    (made once)."""
+    bias, w_t, packed = _narrowed(g, lambda: (_narrow(np.atleast_2d(g.bias)), np.ascontiguousarray(_weight(g).T),
+                                              kernels.pack_weights(_weight(g))))
+    return _weight(g), w_t, g.operand.outlier_shift, bias, g.saturated, packed
 
 
 def _outlier_sum(a: np.ndarray, g: Gemm, outliers: np.ndarray) -> np.ndarray:
-    w, w_t, shift, bias, saturated = _outlier_args(g)
-    return kernels.outlier_sum(a, w, shift, outliers, bias, saturated, w_t)
+    w, w_t, shift, bias, saturated, packed = _outlier_args(g)
+    return kernels.outlier_sum(a, w, shift, outliers, bias, saturated, w_t, packed)
 
 
 def _outlier_requant(a: np.ndarray, g: Gemm, outliers: np.ndarray, rules: list[tuple[int, int, Requant]]
                      ) -> list[np.ndarray]:
-    w, w_t, shift, bias, saturated = _outlier_args(g)
+    if not g.saturated:  # the fused rule needs the int32 sum (export saturates every PPOQ sum)
+        acc = _outlier_sum(a, g, outliers)
+        return [_requant(np.ascontiguousarray(acc[:, start:stop]), r) for start, stop, r in rules]
+    w, w_t, shift, bias, saturated, packed = _outlier_args(g)
     return kernels.outlier_requant(a, w, shift, outliers, bias, saturated,
                                    [(start, stop, *_narrowed(r, lambda: (_narrow(r.m), _narrow(r.s))), r.zero_point,
-                                     r.lo, r.hi) for start, stop, r in rules], w_t)
+                                     r.lo, r.hi) for start, stop, r in rules], w_t, packed)
 
 
 SIMULATOR_OPS = Ops(operand=_operand, weight=_weight, plain_input=_plain_input, dense=kernels.dense_gemm,

@@ -47,7 +47,7 @@ TILE_ROWS, TILE_PANELS = 4, 4  # VNNI tile: rows of A x 16-column panels of W, 1
 TILE_COLS = 16 * TILE_PANELS  # (measured: 4x4, 6x4, 8x3, 4x6 within 5%; 64 columns pad DeiT's N least)
 MAX_LOG_BLOCKS = 4  # more dense K-blocks run by the shift loop (measured: 2 blocks 5-8x its rate on fc2, 8 blocks slower)
 _I64_MIN, _I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-_I16 = np.iinfo(np.int16)
+_I16, _I32 = np.iinfo(np.int16), np.iinfo(np.int32)
 _NO_RULE = (np.ones((1, 1), np.int64), np.ones((1, 1), np.int64), 0, 0, 0)  # m, s, zp, lo, hi of no requantization
 
 
@@ -215,12 +215,12 @@ def _pack_w(w, packed, offsets, sums, spans):
 
 
 @numba.njit(cache=True, inline="always")
-def _requant_row(acc, m, s, zp, lo, hi, j0, out):
-    # out[c] = the codes of acc[c], channel j0 + c; a loop per case: a per-element branch on m.size (or
+def _requant_row(acc, m, s, zp, lo, hi, out):
+    # out[c] = the codes of acc[c] by channel c's rule; a loop per case: a per-element branch on m.size (or
     # indexing the output in 3-D) kept the loop scalar, 4x slower than the GEMM tile it follows
     if m.size > 1:
         for c in range(out.size):
-            out[c] = requantize_one(np.int64(acc[c]), m[j0 + c], s[j0 + c], lo, hi) + zp
+            out[c] = requantize_one(np.int64(acc[c]), m[c], s[c], lo, hi) + zp
     else:
         for c in range(out.size):
             out[c] = requantize_one(np.int64(acc[c]), m[0], s[0], lo, hi) + zp
@@ -248,7 +248,7 @@ def _vnni_kernel(a, a_sums, w, w_offsets, col_terms, requant, m, s, zp, lo, hi, 
                            wi * padded_n + b * TILE_COLS, a_sums, g * rows + i0, strip, b * TILE_COLS, padded_n)
             for r in range(min(TILE_ROWS, m_out - i0)):
                 t = (g * m_out + i0 + r) % m.shape[0]
-                _requant_row(strip[r], m[t], s[t], zp, lo, hi, 0, out[g, i0 + r])
+                _requant_row(strip[r], m[t], s[t], zp, lo, hi, out[g, i0 + r])
             continue
         acc = np.empty((TILE_ROWS, TILE_COLS), np.int32)
         for b in range(blocks):
@@ -359,7 +359,7 @@ def _requant_kernel(acc, m, s, zp, lo, hi):
     groups, rows, _ = acc.shape
     for gi in prange(groups * rows):
         row, t = acc[gi // rows, gi % rows], gi % m.shape[0]
-        _requant_row(row, m[t], s[t], zp, lo - zp, hi - zp, 0, row)
+        _requant_row(row, m[t], s[t], zp, lo - zp, hi - zp, row)
 
 
 @numba.njit(cache=True, inline="always")
@@ -593,67 +593,112 @@ def outlier_rows(outliers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 @numba.njit(cache=True, inline="always")
-def _ppoq_row(acc, n, shift, bias, j0, first, last, cols, codes, w_t, saturation, out):
-    # out[c] = channel j0 + c of PPOQ's int64 sum for c < n: (acc[c] << shift) + bias + the products of the row's
-    # outliers [first, last) with W^T rows (contiguous), clamped to +-saturation unless it is negative
-    for c in range(n):
-        out[c] = (np.int64(acc[c]) << shift) + bias[j0 + c]
-    for o in range(first, last):
-        code, column = np.int32(codes[o]), w_t[cols[o], j0:j0 + n]
-        for c in range(n):
-            out[c] += code * np.int32(column[c])  # int16 x int16: the product fits int32
-    if saturation >= 0:
-        for c in range(n):
-            out[c] = min(max(out[c], -saturation), saturation)
+def _outlier_products(first, last, cols, codes, w_t, extra):
+    # extra [N] = the products of a row's outliers [first, last) with their W^T rows (contiguous), two per pass
+    # (int32 when `_ppoq` proved the row's sum fits: 16 lanes per vector and a pmaddwd for each pair)
+    extra[:] = 0
+    o = first
+    while o + 1 < last:
+        c0, c1, w0, w1 = codes[o], codes[o + 1], w_t[cols[o]], w_t[cols[o + 1]]
+        for c in range(extra.size):
+            extra[c] += np.int32(c0) * np.int32(w0[c]) + np.int32(c1) * np.int32(w1[c])
+        o += 2
+    if o < last:
+        c0, w0 = codes[o], w_t[cols[o]]
+        for c in range(extra.size):
+            extra[c] += np.int32(c0) * np.int32(w0[c])
+
+
+@numba.njit(cache=True, inline="always")
+def _ppoq_codes(acc, extra, bias, shift, m, s, zp, lo, hi, out):
+    # out[c] = the codes of the saturated sum (acc[c] << shift) + bias[c] + extra[c], in one pass; the saturated
+    # value fits int32, so the rule's product is int32 x int32 (m < 2**31: a vpmuldq). Every index is c alone:
+    # an offset index (j0 + c) makes Numba check for a negative index per element (measured 1.7x slower).
+    if m.size > 1:
+        for c in range(out.size):
+            v = np.int32(min(max((np.int64(acc[c]) << shift) + bias[c] + extra[c], -SATURATION), SATURATION))
+            out[c] = requantize_one(np.int64(v), np.int64(m[c]), np.int64(s[c]), lo, hi) + zp
+    else:
+        for c in range(out.size):
+            v = np.int32(min(max((np.int64(acc[c]) << shift) + bias[c] + extra[c], -SATURATION), SATURATION))
+            out[c] = requantize_one(np.int64(v), np.int64(m[0]), np.int64(s[0]), lo, hi) + zp
+
+
+@numba.njit(cache=True, inline="always")
+def _ppoq_epilogue(acc, i, shift, starts, cols, codes, w_t, bias, saturation, extra, col0s, requant, ms, ss, zps,
+                   los, his, outs):
+    # row i of every slice k (outs[k]'s columns from col0s[k]) from the row's dense int32 part acc [N]: the
+    # outliers' products once for the whole row, then per slice the sum (acc << shift) + bias + products,
+    # clamped to +-saturation, stored as it is or as codes by the slice's rule (ms[k], ss[k] [T, 1 | n]: rule
+    # row i % T; lo, hi minus zp)
+    _outlier_products(starts[i], starts[i + 1], cols, codes, w_t, extra)
+    b = bias[i % bias.shape[0]]
+    for k in range(len(outs)):
+        out = outs[k][i]
+        j0, j1 = col0s[k], col0s[k] + out.size
+        if requant:
+            t = i % ms[k].shape[0]
+            _ppoq_codes(acc[j0:j1], extra[j0:j1], b[j0:j1], shift, ms[k][t], ss[k][t], zps[k], los[k], his[k], out)
+        else:
+            _ppoq_sums(acc[j0:j1], extra[j0:j1], b[j0:j1], shift, saturation, out)
+
+
+@numba.njit(cache=True, inline="always")
+def _ppoq_sums(acc, extra, bias, shift, saturation, out):
+    for c in range(out.size):
+        out[c] = min(max((np.int64(acc[c]) << shift) + bias[c] + extra[c], -saturation), saturation)
 
 
 @numba.njit(cache=True, parallel=True)
-def _vnni_ppoq_kernel(a, a_sums, w, w_offsets, col_terms, order, col0, shift, starts, cols, codes, w_t, bias,
-                      saturation, requant, m, s, zp, lo, hi, out):
-    # `_vnni_kernel` (one group; W holds the columns col0 .. of W^T and bias) with PPOQ's epilogue on each
-    # TILE_ROWS x N strip while it is in cache: `_ppoq_row` over the whole row (one call per row, not per
-    # 64-column tile: measured 1.45x on fc1), then the rule (m, s [T, 1 | N], row r uses row r % T; lo, hi
-    # minus zp) when `requant`, else the sum as it is; row tiles in the given order
+def _vnni_ppoq_kernel(a, a_sums, w, w_offsets, col_terms, order, shift, starts, cols, codes, w_t, bias, saturation,
+                      extra_type, col0s, requant, ms, ss, zps, los, his, outs):
+    # `_vnni_kernel` (one group) with PPOQ's epilogue (`_ppoq_epilogue`) on each TILE_ROWS x N strip while it
+    # is in cache; row tiles in the given order
     kp = a.shape[2]
-    m_out, n = out.shape
+    m_out, n = starts.size - 1, w_t.shape[1]
     blocks, steps = w.shape[1], w.shape[2]
     for index in prange(order.size):
         i0 = order[index] * TILE_ROWS
-        strip, row = np.empty((TILE_ROWS, blocks * TILE_COLS), np.int32), np.empty(n, np.int64)
+        strip, extra = np.empty((TILE_ROWS, blocks * TILE_COLS), np.int32), np.empty(n, extra_type.dtype)
         for b in range(blocks):
             _vnni_tile(a, i0 * kp, kp, w, b * steps * TILE_COLS * 4, steps, col_terms, w_offsets, b * TILE_COLS,
                        a_sums, i0, strip, b * TILE_COLS, blocks * TILE_COLS)
         for r in range(min(TILE_ROWS, m_out - i0)):
-            i = i0 + r
-            _ppoq_row(strip[r], n, shift, bias[i % bias.shape[0]], col0, starts[i], starts[i + 1], cols, codes, w_t,
-                      saturation, row)
-            if requant:
-                t = i % m.shape[0]
-                _requant_row(row, m[t], s[t], zp, lo, hi, 0, out[i])
-            else:
-                out[i] = row
+            _ppoq_epilogue(strip[r], i0 + r, shift, starts, cols, codes, w_t, bias, saturation, extra, col0s,
+                           requant, ms, ss, zps, los, his, outs)
 
 
 @numba.njit(cache=True, parallel=True)
-def _ppoq_kernel(dense, col0, shift, starts, cols, codes, w_t, bias, saturation, requant, m, s, zp, lo, hi, out):
-    # the portable path's epilogue, a row per iteration over columns col0 .. of the dense int32 product
-    n = out.shape[1]
+def _ppoq_kernel(dense, shift, starts, cols, codes, w_t, bias, saturation, extra_type, col0s, requant, ms, ss, zps,
+                 los, his, outs):
+    # the portable path: `_ppoq_epilogue` on each row of the dense int32 product
     for i in prange(dense.shape[0]):
-        v = np.empty(n, np.int64)
-        _ppoq_row(dense[i, col0:col0 + n], n, shift, bias[i % bias.shape[0]], col0, starts[i], starts[i + 1], cols,
-                  codes, w_t, saturation, v)
-        if requant:
-            t = i % m.shape[0]
-            _requant_row(v, m[t], s[t], zp, lo, hi, 0, out[i])
-        else:
-            out[i] = v
+        _ppoq_epilogue(dense[i], i, shift, starts, cols, codes, w_t, bias, saturation,
+                       np.empty(w_t.shape[1], extra_type.dtype), col0s, requant, ms, ss, zps, los, his, outs)
 
+
+def pack_weights(w: np.ndarray) -> tuple | None:
+    """W [N, K] in the VNNI tile's layout for `outlier_sum` / `outlier_requant` (a caller running a layer
+    often packs it once); None without VNNI or when a row of W spans more than 256 integers."""
+    return _vnni_w(_codes(w)[None]) if VNNI and w.size else None
+
+
+def _rule32(m: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A dyadic rule's m as int32 and s as int8 (m < 2**31 and s <= MAX_SHIFT by construction; checked unless
+    the dtypes already say so)."""
+    if m.dtype != np.int32 and m.size and (m.min() < 0 or m.max() > _I32.max):
+        raise ValueError(f"rule multipliers outside [0, 2**31): [{m.min()}, {m.max()}]")
+    if s.dtype != np.int8 and s.size and (s.min() < 0 or s.max() > 63):
+        raise ValueError(f"rule shifts outside [0, 63]: [{s.min()}, {s.max()}]")
+    return np.ascontiguousarray(m, np.int32), np.ascontiguousarray(s, np.int8)
 
 
 def _ppoq(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: np.ndarray, saturated: bool,
-          slices: list[tuple[int, int, tuple | None]], w_t: np.ndarray | None) -> list[np.ndarray]:
+          slices: list[tuple[int, int, tuple | None]], w_t: np.ndarray | None, packed: tuple | None
+          ) -> list[np.ndarray]:
     """PPOQ's sum (`outlier_sum`) over columns [start, stop) of W for each slice, or its codes by the slice's
-    rule (m [T, 1 | N], s, zero_point, lo, hi); A, the outliers' CSR rows and W^T made once for all slices."""
+    rule (m [T, 1 | N], s, zero_point, lo, hi; every slice has one or none does), all slices in one pass over
+    A; the outliers' CSR rows and W^T made once."""
     if (a.ndim != 2 or w.ndim != 2 or outliers.shape != a.shape or a.shape[1] != w.shape[1] or bias.ndim != 2
             or bias.shape[1] != w.shape[0] or bias.dtype.kind != "i"):
         raise ValueError(f"need A [M, K], outliers [M, K], W [N, K], integer bias [T, N]; got {a.shape}, "
@@ -663,50 +708,57 @@ def _ppoq(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: 
     if w_t is not None and w_t.shape != w.shape[::-1]:
         raise ValueError(f"W^T of shape {w_t.shape} for W of shape {w.shape}")
     w_t, bias = np.ascontiguousarray(w.T if w_t is None else w_t), np.ascontiguousarray(bias)
-    saturation = SATURATION if saturated else -1
-    packed = _vnni_a(a[None]) if VNNI and a.size and w.size else None
-    # row tiles in token order: the per-token constants of a token (bias, rule: KBs per row) are read once
-    # for all images instead of once per image
-    tokens = max([bias.shape[0]] + [rule[0].shape[0] for _, _, rule in slices if rule is not None])
-    order = np.argsort(np.arange(-(-a.shape[0] // TILE_ROWS)) * TILE_ROWS % tokens, kind="stable")
-    dense = None
-    outs = []
-    for start, stop, rule in slices:
-        m, s, zp, lo, hi = _NO_RULE if rule is None else rule
-        out = np.empty((a.shape[0], stop - start), np.int32 if saturated or rule is not None else np.int64)
-        weights = None if packed is None else _vnni_w(w[None, start:stop])
-        if weights is not None:
-            _vnni_ppoq_kernel(packed[0], packed[1], weights[0], weights[1],
-                              _col_terms(packed[2], weights, np.zeros(stop - start, np.int32), a.shape[1]), order, start,
-                              shift, starts, cols, codes, w_t, bias, saturation, rule is not None, m, s, zp, lo - zp,
-                              hi - zp, out)
-        else:
-            if dense is None:
-                dense = np.empty((1, a.shape[0], w.shape[0]), np.int32)
-                _dense_kernel(_codes(a)[None], w[None], np.zeros(w.shape[0], np.int32), dense)
-            _ppoq_kernel(dense[0], start, shift, starts, cols, codes, w_t, bias, saturation, rule is not None, m, s,
-                         zp, lo - zp, hi - zp, out)
-        outs.append(out)
-    return outs
+    # a row's outlier products in int32 when the largest row sum of |codes| times W's largest magnitude fits
+    row_abs = np.concatenate([[0], np.cumsum(np.abs(codes, dtype=np.int64))])
+    largest = int((row_abs[starts[1:]] - row_abs[starts[:-1]]).max(initial=0)) * (1 << (8 * w_t.itemsize - 1))
+    extra_type = np.zeros(1, np.int32 if largest <= _I32.max else np.int64)
+    requant = slices[0][2] is not None
+    rules = [_rule32(*rule[:2]) if requant else _NO_RULE[:2] for _, _, rule in slices]
+    zps, los, his = (np.array([rule[i] if requant else _NO_RULE[i] for _, _, rule in slices], np.int64) for i in (2, 3, 4))
+    los, his = los - zps, his - zps
+    outs = tuple(np.empty((a.shape[0], stop - start), np.int32 if saturated or requant else np.int64)
+                 for start, stop, _ in slices)
+    args = (starts, cols, codes, w_t, bias, SATURATION if saturated else _I64_MAX, extra_type,
+            np.array([start for start, _, _ in slices], np.int64), requant, tuple(m for m, _ in rules),
+            tuple(s for _, s in rules), zps, los, his, outs)
+    packed_a = _vnni_a(a[None]) if VNNI and a.size and w.size else None
+    weights = None if packed_a is None else packed if packed is not None else _vnni_w(w[None])
+    if weights is not None:
+        # row tiles in token order: the per-token constants of a token (bias, rule: KBs per row) are read once
+        # for all images instead of once per image
+        tokens = max([bias.shape[0]] + [m.shape[0] for m, _ in rules])
+        order = np.argsort(np.arange(-(-a.shape[0] // TILE_ROWS)) * TILE_ROWS % tokens, kind="stable")
+        _vnni_ppoq_kernel(packed_a[0], packed_a[1], weights[0], weights[1],
+                          _col_terms(packed_a[2], weights, np.zeros(w.shape[0], np.int32), a.shape[1]), order, shift,
+                          *args)
+    else:
+        dense = np.empty((1, a.shape[0], w.shape[0]), np.int32)
+        _dense_kernel(_codes(a)[None], w[None], np.zeros(w.shape[0], np.int32), dense)
+        _ppoq_kernel(dense[0], shift, *args)
+    return list(outs)
 
 
 def outlier_sum(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: np.ndarray,
-                saturated: bool, w_t: np.ndarray | None = None) -> np.ndarray:
+                saturated: bool, w_t: np.ndarray | None = None, packed: tuple | None = None) -> np.ndarray:
     """PPOQ's accumulator as `execute_reference.outlier_sum`, fused: (A @ W^T << shift) + the products of the
     outliers (CSR rows of `outlier_rows`) + bias [T, N], saturated, in the GEMM tile's epilogue; int32 when
-    saturated (the values fit), else int64. w_t: W^T contiguous, when the caller keeps one per layer."""
-    return _ppoq(a, w, shift, outliers, bias, saturated, [(0, w.shape[0], None)], w_t)[0]
+    saturated (the values fit), else int64. w_t: W^T contiguous and packed: `pack_weights(w)`, when the
+    caller keeps them per layer."""
+    return _ppoq(a, w, shift, outliers, bias, saturated, [(0, w.shape[0], None)], w_t, packed)[0]
 
 
 def outlier_requant(a: np.ndarray, w: np.ndarray, shift: int, outliers: np.ndarray, bias: np.ndarray,
                     saturated: bool, rules: list[tuple[int, int, np.ndarray, np.ndarray, int, int, int]],
-                    w_t: np.ndarray | None = None) -> list[np.ndarray]:
-    """`outlier_sum`'s accumulator straight to int32 codes, in the same epilogue, one array per rule
-    (start, stop, m, s, zero_point, lo, hi): columns [start, stop) by the rule of `dense_requant` (m, s [1],
-    [N] or [T, 1 | N] over the slice's N columns)."""
+                    w_t: np.ndarray | None = None, packed: tuple | None = None) -> list[np.ndarray]:
+    """`outlier_sum`'s saturated accumulator (an int32, as the rule's product needs: export saturates every
+    PPOQ sum) straight to int32 codes, in the same epilogue, one array per rule (start, stop, m, s,
+    zero_point, lo, hi): columns [start, stop) by the rule of `dense_requant` (m, s [1], [N] or [T, 1 | N]
+    over the slice's N columns)."""
+    if not saturated:
+        raise ValueError("PPOQ's codes need its saturated (int32) sum")
     slices = []
     for start, stop, m, s, zero_point, lo, hi in rules:
         if not 0 <= start < stop <= w.shape[0]:
             raise ValueError(f"output columns [{start}, {stop}) outside the {w.shape[0]} of W")
         slices.append((start, stop, (*_rule_rows(m, s, stop - start), int(zero_point), int(lo), int(hi))))
-    return _ppoq(a, w, shift, outliers, bias, saturated, slices, w_t)
+    return _ppoq(a, w, shift, outliers, bias, saturated, slices, w_t, packed)
