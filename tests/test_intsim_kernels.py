@@ -46,7 +46,8 @@ def assert_within(values: np.ndarray, bound: AccBound) -> None:
 
 
 # (G, M, N, K, shared): G = 0 for 2-D A; shared: one W [N, K] for all groups, else W [G, N, K]
-shapes = st.tuples(st.sampled_from([0, 1, 3]), st.integers(1, 37), st.integers(1, 23), st.integers(1, 70),
+# (K past 64 and 128: the vpshufb fill of 4-bit log codes takes 64 codes at a time, the rest one by one)
+shapes = st.tuples(st.sampled_from([0, 1, 3]), st.integers(1, 37), st.integers(1, 23), st.integers(1, 150),
                    st.booleans())
 
 
@@ -367,6 +368,18 @@ def test_log_shift_plan_of_4_bit_codes_is_one_byte_gemm_per_accumulator() -> Non
     assert plan.value_of[0] == 1 << 7 and plan.value_of[14] == 1 and plan.gemm_of[15] == -1
     floored = log_gemm.log_shift_plan(np.ones(256, np.int64), 0, 1, 255, 8)  # every code past E: shifts 1..8, the rest as 8
     assert [g.shifts for g in floored.gemms] == [(0,), tuple(range(1, 9))]
+
+
+@pytest.mark.parametrize("bad", [16, 31, 128, 255])
+def test_log_shift_refuses_a_code_past_the_zero_code_inside_a_shuffled_block(bad: int) -> None:
+    """4-bit codes are looked up 64 at a time by vpshufb, which reads code & 15 (or 0 from 128): a code past
+    the zero code anywhere in such a block is still refused, on every plan path."""
+    p = np.zeros((3, 130), np.uint8)
+    p[1, 70] = bad
+    b = np.ones((5, 130), np.int8)
+    for e in (0, 10):
+        with pytest.raises(ValueError, match="outside 0 .. the zero code"):
+            kernels.log_shift_gemm(p, b, e, "sqrt2", 15)
 
 
 def test_log_shift_semantics_by_hand() -> None:

@@ -171,6 +171,32 @@ def _vnni_tile(typingctx, a, a_at, a_stride, w, w_at, steps, col, scale, cs_at, 
                       out_stride), codegen
 
 
+@intrinsic
+def _shuffle_bytes(typingctx, src, src_at, table, dst, dst_at):
+    """dst[dst_at + j] = table[src[src_at + j]] for j < 64 by one vpshufb, for codes below 16 (a larger code
+    reads table[code & 15], or 0 from 128 up: callers check the codes): the byte-table lookup LLVM leaves
+    scalar."""
+    def codegen(context, builder, signature, args):
+        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        v64, v16 = ir.VectorType(i8, 64), ir.VectorType(i8, 16)
+
+        def at(i, offset):
+            data = context.make_array(signature.args[i])(context, builder, args[i]).data
+            return builder.gep(data, [context.cast(builder, offset, signature.args[i + 1], types.int64)])
+
+        name = "llvm.x86.avx512.pshuf.b.512"
+        shuffle = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(v64, [v64] * 2), name)
+        data = context.make_array(signature.args[2])(context, builder, args[2]).data
+        lookup = builder.load(builder.bitcast(data, v16.as_pointer()), align=1)
+        lookup = builder.shuffle_vector(lookup, ir.Constant(v16, ir.Undefined),
+                                        ir.Constant(ir.VectorType(i32, 64), [j % 16 for j in range(64)]))
+        codes = builder.load(builder.bitcast(at(0, args[1]), v64.as_pointer()), align=1)
+        builder.store(builder.call(shuffle, [lookup, codes]), builder.bitcast(at(3, args[4]), v64.as_pointer()),
+                      align=1)
+        return context.get_dummy_value()
+    return types.void(src, src_at, table, dst, dst_at), codegen
+
+
 @numba.njit(cache=True, parallel=True)
 def _pack_a(a, offset, packed, sums):
     # a [G, M, K] -> packed [G, Mp, Kp] uint8 = a - offset, zero-padded; sums [G, Mp] its row sums
@@ -430,10 +456,11 @@ def _log_shift_kernel(p, scaled, zero_code, shift_of, lanes_of, rule_m, rule_s, 
 
 
 @numba.njit(cache=True, parallel=True)
-def _fill_packed(p, tables, blocks, a_at, kps, a, sums, highest):
+def _fill_packed(p, tables, blocks, a_at, kps, a, sums, highest, shuffle):
     # p [G, M, K] codes -> each plan GEMM i's operand in `_vnni_tile`'s layout, [G, Mp, kps[i]] from a_at[i]
     # of the flat a: K-block t of a row holds tables[first table of i + t][code], zero-padded, rows past M
-    # zero; sums [plan GEMMs, G, Mp] the row sums; highest[g * M + row] = the row's largest code
+    # zero; sums [plan GEMMs, G, Mp] the row sums; highest[g * M + row] = the row's largest code. shuffle:
+    # every valid code is below 16, 64 codes looked up per vpshufb (a larger code is caught by highest)
     groups, m, k = p.shape
     rows = sums.shape[2]
     for gi in prange(groups * rows):
@@ -451,8 +478,14 @@ def _fill_packed(p, tables, blocks, a_at, kps, a, sums, highest):
             if i < m:
                 for t in range(blocks[index]):
                     lookup, part = tables[table + t], dst[t * k:(t + 1) * k]
-                    for c in range(k):
+                    done = 0
+                    if shuffle:
+                        while done + 64 <= k:
+                            _shuffle_bytes(row, done, lookup, part, done)
+                            done += 64
+                    for c in range(done, k):
                         part[c] = lookup[row[c]]
+                    for c in range(k):
                         total += part[c]
                 filled = blocks[index] * k
             dst[filled:] = 0
@@ -507,7 +540,7 @@ def _log_shift_vnni(p: np.ndarray, b: np.ndarray, plan: LogPlan, roots: int, bia
     a_at = np.concatenate([[0], np.cumsum(groups * rows * kps)])
     a, sums = np.empty(int(a_at[-1]), np.uint8), np.empty((len(plan.gemms), groups, rows), np.int32)
     highest = np.zeros(groups * m, np.uint8)
-    _fill_packed(p, log_block_tables(plan), blocks, a_at[:-1].copy(), kps, a, sums, highest)
+    _fill_packed(p, log_block_tables(plan), blocks, a_at[:-1].copy(), kps, a, sums, highest, plan.zero_code < 16)
     check_highest_code(highest, plan)
     starts = dict(zip(packed_w, np.cumsum([0] + [wt[0].size for wt in packed_w.values()])))  # each W packed once
     w_at = np.array([starts[gemm.shifts] for gemm in plan.gemms], np.int64)
