@@ -1,6 +1,7 @@
 """Numba kernels of the integer non-linear ops: the semantics of `nonlinear_reference` (the spec,
 which also holds the export constants), rows (blocks of rows for softmax) per parallel iteration, int64
-arithmetic throughout.
+arithmetic but where the values provably fit int32 (softmax's Q30 exponentials and probabilities); what
+depends only on the exported constants is tabled once per op (softmax's exp of every gap, GELU's codes).
 Input-range checks are the reference's own (`check_codes`), run before each kernel; softmax checks its
 range on the kernel's pass for the row maximum (saves a min / max pass, 0.16 ms per DeiT-S layer).
 """
@@ -31,6 +32,7 @@ from adfq_sim.intsim.nonlinear_reference import (
     TokenCodes,
     check_code_shape,
     check_codes,
+    gap_exponentials,
     outside_range,
 )
 from adfq_sim.formats import OUTLIER_MAX, OUTLIER_MIN
@@ -239,58 +241,82 @@ def token_codes(acc: np.ndarray, t: TokenCodes) -> tuple[np.ndarray, np.ndarray 
 _UNIFORM, _LOG, _STEP = 0, 1, 2  # softmax output kinds
 LOG_COUNT_MAX = 16  # log outputs with at most this many thresholds compare each value with all of them
 SOFTMAX_ROW_BLOCK = 16  # rows per parallel iteration
+SOFTMAX_TABLE_GAPS = 1 << 16  # a_max below this: exp of every gap from a table (256 KiB of int32 at most; DeiT-S
+# has a_max ~ 7,000: 27 KiB, in L1), one gather per score instead of the rule's product and two table reads
+_exp_tables: WeakKeyDictionary[SoftmaxConstants, np.ndarray] = WeakKeyDictionary()  # made once per exported softmax
+
+
+@numba.njit(cache=True, inline="always")
+def _exponential(d, a_max, m, s):
+    # `nonlinear_reference.gap_exponentials` of one gap d >= 0 (Q30, fits int32)
+    u = requantize_one(min(d, a_max), m, s, np.int64(0), np.int64(EXP_MAX_Z) << EXP_FRAC_BITS)
+    z = u >> EXP_FRAC_BITS
+    f = u & ((np.int64(1) << EXP_FRAC_BITS) - 1)
+    p = (EXP_TABLE_HI[f >> EXP_LO_BITS] * EXP_TABLE_LO[f & ((np.int64(1) << EXP_LO_BITS) - 1)]
+         + (np.int64(1) << (EXP_ONE_BITS - 1))) >> EXP_ONE_BITS
+    return np.int32(((p << 1) + (np.int64(1) << z)) >> (z + 1))
 
 
 @numba.njit(cache=True, parallel=True)
-def _softmax_kernel(x, a_max, m, s, mode, um, us, uzp, qmax, thresholds, first, steps, zero_below, zero_code,
-                    step_codes, out, outside):
-    # mode: UNIFORM, LOG (`_octaves` tables) or STEP (ascending thresholds, a code table); outside[block] = 1
-    # when a score of the block is past +-SOFTMAX_INPUT_MAX (the range check, on the pass for the row max)
+def _softmax_kernel(x, a_max, m, s, exp_table, mode, um, us, uzp, qmax, thresholds, first, steps, zero_below,
+                    zero_code, step_codes, out, outside):
+    # mode: UNIFORM, LOG (`_octaves` tables) or STEP (ascending thresholds, a code table); exp_table: exp of
+    # every gap 0 .. a_max (empty: by `_exponential`); outside[block] = 1 when a score of the block is past
+    # +-SOFTMAX_INPUT_MAX (the range check, on the pass for the row max). Exponentials and probabilities are
+    # Q30 (<= 2**30): int32 lanes.
     rows, n = x.shape
-    u_max = np.int64(EXP_MAX_Z) << EXP_FRAC_BITS
-    frac_mask = (np.int64(1) << EXP_FRAC_BITS) - 1
-    half = np.int64(1) << (EXP_ONE_BITS - 1)
-    lo_mask = (np.int64(1) << EXP_LO_BITS) - 1
     for block in numba.prange((rows + SOFTMAX_ROW_BLOCK - 1) // SOFTMAX_ROW_BLOCK):
-        e = np.empty(n, np.int64)  # once per block of rows: an allocation per row cost as much as the row
-        p32, count = np.empty(n, np.int32), np.empty(n, np.int32)
+        e = np.empty(n, np.int32)  # once per block of rows: an allocation per row cost as much as the row
+        count = np.empty(n, np.int32)
         for r in range(block * SOFTMAX_ROW_BLOCK, min(rows, (block + 1) * SOFTMAX_ROW_BLOCK)):
             xr, orow = x[r], out[r]
-            top, bottom = np.int64(xr[0]), np.int64(xr[0])
+            top, bottom = xr[0], xr[0]
             for j in range(1, n):
-                top, bottom = max(top, np.int64(xr[j])), min(bottom, np.int64(xr[j]))
+                top, bottom = max(top, xr[j]), min(bottom, xr[j])
             if top > SOFTMAX_INPUT_MAX or bottom < -SOFTMAX_INPUT_MAX:
                 outside[block] = 1
+                continue
+            if exp_table.size:  # the gap as an unsigned index (>= 0): no negative-index check per score
+                for j in range(n):
+                    e[j] = exp_table[np.uint32(min(top - xr[j], a_max))]
+            else:
+                for j in range(n):
+                    e[j] = _exponential(np.int64(top) - np.int64(xr[j]), a_max, m, s)
             total = np.int64(0)
             for j in range(n):
-                u = requantize_one(min(top - np.int64(xr[j]), a_max), m, s, np.int64(0), u_max)
-                z = u >> EXP_FRAC_BITS
-                f = u & frac_mask
-                p = (EXP_TABLE_HI[f >> EXP_LO_BITS] * EXP_TABLE_LO[f & lo_mask] + half) >> EXP_ONE_BITS
-                e[j] = ((p << 1) + (np.int64(1) << z)) >> (z + 1)
                 total += e[j]
-            recip = (np.int64(1) << SUM_RECIP_BITS) // total
-            for j in range(n):  # probabilities, in place
-                e[j] = (e[j] * recip + (np.int64(1) << 30)) >> 31
+            recip = np.uint32((np.int64(1) << SUM_RECIP_BITS) // total)  # <= 2**31: total >= 2**30, the max's exp
+            for j in range(n):  # probabilities, in place: e, recip as unsigned 32-bit (one vpmuludq)
+                e[j] = (np.uint64(np.uint32(e[j])) * np.uint64(recip) + np.uint64(1 << 30)) >> np.uint64(31)
             if mode == _UNIFORM:  # one loop per kind: a branch inside stopped the uniform one vectorising
                 for j in range(n):
-                    orow[j] = _uniform_code(e[j], um, us, uzp, qmax)
-            elif mode == _LOG and first.size == 0:  # few thresholds (descending): count them all, 16 int32
-                for j in range(n):                     # lanes at a time (Q30 probabilities fit int32)
-                    p32[j] = e[j]
+                    orow[j] = _uniform_code(np.int64(e[j]), um, us, uzp, qmax)
+            elif mode == _LOG and first.size == 0:  # few thresholds (descending): count them all, 16 lanes
+                for j in range(n):
                     count[j] = 0
                 for k in range(thresholds.size):
                     t = np.int32(min(thresholds[k], (1 << 31) - 1))
                     for j in range(n):
-                        count[j] += p32[j] <= t
+                        count[j] += e[j] <= t
                 for j in range(n):
                     orow[j] = zero_code if e[j] < zero_below else count[j]
             elif mode == _LOG:
                 for j in range(n):
-                    orow[j] = _log_code(e[j], thresholds, first, steps, zero_below, zero_code)
+                    orow[j] = _log_code(np.int64(e[j]), thresholds, first, steps, zero_below, zero_code)
             else:
                 for j in range(n):
-                    orow[j] = step_codes[_count_at_or_below(e[j], thresholds)]
+                    orow[j] = step_codes[_count_at_or_below(np.int64(e[j]), thresholds)]
+
+
+def _exp_table(c: SoftmaxConstants) -> np.ndarray:
+    """exp of every gap 0 .. a_max as int32 (made once per exported softmax), empty when a_max is large."""
+    table = _exp_tables.get(c)
+    if table is None:
+        table = np.zeros(0, np.int32)
+        if c.a_max < SOFTMAX_TABLE_GAPS:
+            table = gap_exponentials(np.arange(c.a_max + 1), c).astype(np.int32)
+        _exp_tables[c] = table
+    return table
 
 
 def _code_dtype(lo: int, hi: int) -> type:
@@ -314,17 +340,16 @@ def softmax(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
     out = np.empty(x.shape, dtype)
     no_table, no_octaves = np.zeros(0, np.int32), np.zeros(64, np.int64)
     outside = np.zeros(-(-x.shape[0] // SOFTMAX_ROW_BLOCK), np.uint8)
+    exp = (c.a_max, c.m, c.s, _exp_table(c))
     if isinstance(o, LogOutput):
         octaves = (o.thresholds, np.zeros(0, np.int64), 0) if o.thresholds.size <= LOG_COUNT_MAX else _octaves(
             o.thresholds)
-        _softmax_kernel(x, c.a_max, c.m, c.s, _LOG, 0, 1, 0, 0, *octaves, o.zero_below, o.zero_code, no_table, out,
-                        outside)
+        _softmax_kernel(x, *exp, _LOG, 0, 1, 0, 0, *octaves, o.zero_below, o.zero_code, no_table, out, outside)
     elif isinstance(o, StepOutput):
-        _softmax_kernel(x, c.a_max, c.m, c.s, _STEP, 0, 1, 0, 0, o.thresholds, no_octaves, 0, 0, 0, o.codes, out,
-                        outside)
+        _softmax_kernel(x, *exp, _STEP, 0, 1, 0, 0, o.thresholds, no_octaves, 0, 0, 0, o.codes, out, outside)
     else:
-        _softmax_kernel(x, c.a_max, c.m, c.s, _UNIFORM, o.m[0], o.s[0], o.zero_point[0], o.qmax,
-                        np.zeros(0, np.int64), no_octaves, 0, 0, 0, no_table, out, outside)
+        _softmax_kernel(x, *exp, _UNIFORM, o.m[0], o.s[0], o.zero_point[0], o.qmax, np.zeros(0, np.int64),
+                        no_octaves, 0, 0, 0, no_table, out, outside)
     if outside.any():
         raise ValueError(outside_range("softmax", SOFTMAX_INPUT_MAX))
     return out
@@ -355,9 +380,10 @@ def _gelu_bucket_kernel(acc, lo, hi, shift, first, thresholds, codes, out):
 
 @numba.njit(cache=True, parallel=True)
 def _gelu_table_kernel(acc, lo, hi, table, out):
-    # one gather per accumulator (vectorised): measured 20x the binary search (mispredicted branches) on fc1
+    # one gather per accumulator (vectorised): measured 20x the binary search (mispredicted branches) on fc1;
+    # the index as unsigned (>= 0 after the clamp): no negative-index check per accumulator
     for i in numba.prange(acc.size):
-        out[i] = table[min(max(acc[i], lo), hi) - lo]
+        out[i] = table[np.uint32(min(max(acc[i], lo), hi) - lo)]
 
 
 def _narrowest(codes: np.ndarray) -> np.ndarray:

@@ -351,16 +351,21 @@ def exp2_fraction(f: np.ndarray) -> np.ndarray:
     return (hi * lo + (np.int64(1) << (EXP_ONE_BITS - 1))) >> EXP_ONE_BITS
 
 
+def gap_exponentials(a: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
+    """exp(-a) in Q30 (int64) for gaps 0 <= a <= a_max below the row max: u = requantize(a), then
+    2**-(u / 2**K) as exp2_fraction of u's fraction divided by 2**z, z = u >> K, rounded half up."""
+    u = requantize(np.asarray(a, np.int64), c.m, c.s, 0, EXP_MAX_Z << EXP_FRAC_BITS)
+    z = u >> EXP_FRAC_BITS
+    e = exp2_fraction(u & ((1 << EXP_FRAC_BITS) - 1))
+    return ((e << 1) + (np.int64(1) << z)) >> (z + 1)
+
+
 def softmax_probabilities(x: np.ndarray, c: SoftmaxConstants) -> np.ndarray:
     """Row-wise softmax of int32 scores [M, N] as Q30 integers (int64)."""
     x = np.asarray(x)
     check_codes(x, SOFTMAX_INPUT_MAX, "softmax")
     x = x.astype(np.int64)
-    a = np.minimum(x.max(axis=1, keepdims=True) - x, c.a_max)
-    u = requantize(a, c.m, c.s, 0, EXP_MAX_Z << EXP_FRAC_BITS)
-    z = u >> EXP_FRAC_BITS
-    e = exp2_fraction(u & ((1 << EXP_FRAC_BITS) - 1))
-    e = ((e << 1) + (np.int64(1) << z)) >> (z + 1)  # e / 2**z rounded half up
+    e = gap_exponentials(np.minimum(x.max(axis=1, keepdims=True) - x, c.a_max), c)
     recip = (np.int64(1) << SUM_RECIP_BITS) // e.sum(axis=1, keepdims=True)
     return e * recip + (np.int64(1) << 30) >> 31
 
