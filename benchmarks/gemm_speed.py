@@ -87,7 +87,9 @@ def main() -> None:
             rule = [(0, n, rng.integers(1 << 30, 1 << 31, (TOKENS, n)).astype(np.int32),
                      rng.integers(40, 48, (TOKENS, n)).astype(np.int8), 0, -(1 << 31) + 1, (1 << 31) - 1)]
             ppoq = {"dense requant": lambda: kernels.dense_requant(a16, w8, None, scale_m, scale_s, 128, 0, 255),
-                    "ppoq": lambda: kernels.outlier_requant(ppoq_a, w8, 4, outliers, bias, True, rule)}
+                    "ppoq": lambda w_t=np.ascontiguousarray(w8.T), packed=kernels.pack_weights(w8):
+                    kernels.outlier_requant(ppoq_a, w8, 4, outliers, bias, True, rule, w_t, packed)}  # kept per
+            # layer by the simulator: W^T and W packed for the VNNI tile
             seconds = best_seconds(ppoq, reps)
             print(f"fc1  PPOQ fused (GEMM, 1% outliers ({count}) from CSR rows, per-token bias, saturation, per-token "
                   f"x channel requant): {macs / seconds['ppoq'] / 1e9:.1f} GMAC/s, "
