@@ -19,9 +19,10 @@ Log-shift GEMM: as a few byte-operand dense GEMMs (`log_gemm`: exact windows of 
 and floored shift planes) where that plan is small — on the VNNI tile in one pass that fills the
 operands in the tile's layout and combines the accumulators per rows tile — else a shift loop per output.
 
-PPOQ's accumulator (`outlier_sum`, `outlier_requant`): the dense GEMM with an epilogue per row that adds
-the per-token bias and the outliers' products (CSR rows of the LayerNorm's outlier matrix), saturates
-and applies the output rule, in int64.
+PPOQ's accumulator (`outlier_sum`, `outlier_requant`): the dense GEMM over all of W's columns with an
+epilogue per row that adds the outliers' products (CSR rows of the LayerNorm's outlier matrix; int32
+where the row's bound allows) and, per output slice, the per-token bias, saturates and applies the
+output rule (int32 x int32: the saturated sum fits).
 """
 
 from __future__ import annotations
