@@ -25,8 +25,9 @@ The model, and every assumption in it:
   costs a tenth of an int8 multiply (our assumption, of the order of an 8-bit add; no published figure
   gives it: docs/references.md, "Shifts") plus the accumulation; an outlier MAC is a 16 x w-bit
   multiply plus the accumulation; a vector op costs one int32 add per element and cycle of work. An
-  SRAM level costs its pj_per_bit, else the per-bit read of Horowitz's 8 KB SRAM whatever its size (an
-  optimistic default for large buffers: set pj_per_bit per level for a CACTI figure); DRAM the spec's
+  SRAM level costs its pj_per_bit, else the read energy per bit of one of its banks (size / banks),
+  interpolated over capacity between Horowitz's 8 KB, 32 KB and 1 MB reads (`energy.sram_pj_per_bit`:
+  a bigger buffer costs more per access, a banked one less), writes as reads; DRAM the spec's
   pj_per_bit. Logic energies scale from their 45 nm source linearly with the node (node / 45), a
   first-order approximation; `energy_pj` overrides any unit at the spec's node.
 """
@@ -41,7 +42,7 @@ import numpy as np
 from adfq_sim.formats import OUTLIER_BITS
 from hw_models.dataflow import gemm_cycles
 from hw_models.dataflow import utilisation as utilisation_of
-from hw_models.energy import UNIT_ENERGY
+from hw_models.energy import SRAM_SIZES_KIB, UNIT_ENERGY, sram_pj_per_bit
 from hw_models.spec import AcceleratorSpec, MacUnit, SramLevel
 from hw_models.workload import GemmOp, VectorOp, Workload
 
@@ -99,9 +100,16 @@ def _weight_bits(g: GemmOp) -> int:
     return g.n * g.k * g.b_bits + g.n * RULE_BITS
 
 
-def level_pj_per_bit(spec: AcceleratorSpec, level: SramLevel) -> float:
-    """A level's energy per bit: its own figure, else the per-bit read of Horowitz's 8 KB SRAM."""
-    return level.pj_per_bit if level.pj_per_bit is not None else unit_pj(spec, "sram_8kb_read")
+def level_pj_per_bit(spec: AcceleratorSpec, level: SramLevel, size_kib: np.ndarray | float | None = None
+                     ) -> np.ndarray:
+    """A level's energy per bit moved: its own figure, else the read energy of one of its banks (an access
+    reaches one bank of size / banks; `size_kib` overrides the level's size, a sweep axis) interpolated over
+    capacity from Horowitz's 8 KB / 32 KB / 1 MB SRAM reads (`energy.sram_pj_per_bit`)."""
+    if level.pj_per_bit is not None:
+        return np.asarray(level.pj_per_bit, dtype=np.float64)
+    size = level.size_kib if size_kib is None else size_kib
+    return sram_pj_per_bit(np.asarray(size, dtype=np.float64) / level.banks,
+                           {name: unit_pj(spec, name) for name in SRAM_SIZES_KIB})
 
 
 def _onchip_bits(spec: AcceleratorSpec, outer_kib: np.ndarray | float) -> np.ndarray:
@@ -154,7 +162,8 @@ def _gemm_arrays(g: GemmOp, spec: AcceleratorSpec, rows: np.ndarray, cols: np.nd
     dram = zero + np.where(g.weights & ~resident, b_bits, 0.0)
     spill = a_bits + out_bits + np.minimum(b_bits, sram_bits_total) > sram_bits_total
     dram = dram + np.where(spill, a_bits + out_bits, 0.0)  # activations that do not fit beside the weights
-    energy["sram"] = sum(bits * level_pj_per_bit(spec, level) for bits, level in zip(levels, spec.sram))
+    energy["sram"] = sum(bits * level_pj_per_bit(spec, level, outer_kib if i == 0 else None)
+                         for i, (bits, level) in enumerate(zip(levels, spec.sram)))
     energy["dram"] = dram * spec.dram.pj_per_bit
     dram_bits_per_cycle = bandwidth_gb_s * 8e9 / (spec.clock_mhz * 1e6)
     memory = dram / dram_bits_per_cycle
@@ -272,22 +281,29 @@ def sweep(load: Workload, spec: AcceleratorSpec, *, rows: np.ndarray | int | Non
     """Totals of one inference for many variants of `spec` in one vectorised call.
 
     Each given axis is an array (all broadcast together): PE rows and columns, the size of the outermost
-    SRAM level (KiB; the only level of every preset) and the DRAM bandwidth; the rest comes from `spec`. Bit-widths are a workload property: sweep
-    each (method, bits) workload. Equal to `cost` variant by variant (tested).
+    SRAM level (KiB; the only level of every preset; its energy per bit follows its size) and the DRAM
+    bandwidth; the rest comes from `spec`. Bit-widths are a workload property: sweep each (method, bits)
+    workload. Returns cycles, latency, inferences/s, energy (total and by component), DRAM traffic (bits)
+    and effective TOPS/W per variant; equal to `cost` variant by variant (tested).
     """
     rows = np.asarray(spec.pe_array.rows if rows is None else rows)
     cols = np.asarray(spec.pe_array.cols if cols is None else cols)
     outer_kib = np.asarray(spec.sram[0].size_kib if sram_kib is None else sram_kib, dtype=np.float64)
     bandwidth = np.asarray(spec.dram.bandwidth_gb_s if bandwidth_gb_s is None else bandwidth_gb_s, dtype=np.float64)
     resident = _weights_resident(load, spec, outer_kib)
-    cycles, energy = 0.0, 0.0
+    cycles, dram_bits = 0.0, 0.0
+    by_component = dict.fromkeys(COMPONENTS, 0.0)
     for g in load.gemms:
         r = _gemm_arrays(g, spec, rows, cols, resident, outer_kib, bandwidth)
         cycles = cycles + np.maximum(r["compute"], r["memory"])
-        energy = energy + sum(r["energy"][c] for c in COMPONENTS)
+        dram_bits = dram_bits + r["dram_bits"]
+        by_component = {c: by_component[c] + r["energy"][c] for c in COMPONENTS}
     for v in load.vector_ops:
         layer = _vector_cost(v, spec)
-        cycles, energy = cycles + layer.compute_cycles, energy + sum(layer.energy_pj.values())
+        cycles = cycles + layer.compute_cycles
+        by_component = {c: by_component[c] + layer.energy_pj[c] for c in COMPONENTS}
+    energy = sum(by_component.values())
     latency = cycles / (spec.clock_mhz * 1e6)
     return {"cycles": cycles, "latency_s": latency, "inferences_per_s": 1.0 / latency, "energy_pj": energy,
+            "energy_pj_by_component": by_component, "dram_bits": dram_bits,
             "effective_tops_per_w": 2 * load.macs() / (energy * 1e-12) / 1e12}

@@ -109,6 +109,50 @@ def test_sweep_equals_cost_variant_by_variant(deit_small_loads):
                     one = cost(load, spec)
                     assert swept["cycles"][b, s, i, j] == one.cycles
                     assert swept["energy_pj"][b, s, i, j] == pytest.approx(one.total_energy_pj, rel=1e-12)
+                    assert swept["dram_bits"][b, s, i, j] == pytest.approx(sum(l.dram_bits for l in one.layers))
+                    for c, pj in one.energy_pj().items():
+                        assert swept["energy_pj_by_component"][c][b, s, i, j] == pytest.approx(pj, rel=1e-12)
+
+
+def test_sram_energy_per_access_grows_with_capacity():
+    """Horowitz's three SRAM reads (10 / 20 / 100 pJ per 64 bits at 8 KB / 32 KB / 1 MB) are reproduced, and
+    between and beyond them a bigger array costs more per bit, a banked one (an access reaches one bank)
+    less, while a level's own pj_per_bit overrides the model."""
+    from hw_models.cost import level_pj_per_bit
+    from hw_models.energy import SRAM_SIZES_KIB, UNIT_ENERGY, sram_pj_per_bit
+
+    anchors = {name: UNIT_ENERGY[name].pj for name in SRAM_SIZES_KIB}
+    for name, kib in SRAM_SIZES_KIB.items():
+        assert float(sram_pj_per_bit(kib, anchors)) * 64 == pytest.approx({8: 10, 32: 20, 1024: 100}[int(kib)])
+    sizes = 2.0 ** np.arange(-2, 17)  # 256 B .. 64 MiB
+    per_bit = sram_pj_per_bit(sizes, anchors)
+    assert (np.diff(per_bit) > 0).all()
+    spec = load_spec("edge_npu")
+    level = spec.sram[0]
+    for kib in (16.0, 512.0, 8192.0):
+        small = dataclasses.replace(level, size_kib=kib, banks=1)
+        assert level_pj_per_bit(spec, dataclasses.replace(small, size_kib=2 * kib)) > level_pj_per_bit(spec, small)
+        assert level_pj_per_bit(spec, dataclasses.replace(small, banks=4)) < level_pj_per_bit(spec, small)
+        assert level_pj_per_bit(spec, dataclasses.replace(small, pj_per_bit=0.05)) == 0.05
+
+
+def test_sram_size_sweep_trades_dram_traffic_for_access_energy(deit_small_loads):
+    """Growing the buffer keeps more of DeiT-S on chip (DRAM traffic never rises and falls to zero once the
+    weights are resident) while each access costs more: the energy is lowest at a size inside the range, not
+    at the largest buffer (with one per-bit figure for every size it fell all the way)."""
+    from hw_models.cost import sweep
+
+    spec = load_spec("edge_npu")
+    sizes = 2.0 ** np.arange(6, 17)  # 64 KiB .. 64 MiB
+    for bits in (8, 4):
+        swept = sweep(deit_small_loads["minmax", bits], spec, sram_kib=sizes)
+        dram, sram = swept["dram_bits"], swept["energy_pj_by_component"]["sram"]
+        assert (np.diff(dram) <= 0).all() and dram[0] > 0 and dram[-1] == 0
+        assert (np.diff(sram) > 0).all()
+        energy = swept["energy_pj"]
+        assert (np.diff(energy) > 0).any() and energy[-1] > energy.min()  # no monotone preference for size
+        if bits == 4:  # W4A4: the optimum is a mid-size buffer (2 MiB on edge_npu)
+            assert 0 < int(np.argmin(energy)) < sizes.size - 1
 
 
 def test_each_sram_level_is_priced(deit_small_loads):
