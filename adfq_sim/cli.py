@@ -64,6 +64,13 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_workload(args: argparse.Namespace) -> int:
+    from adfq_sim.workload_export import run_export
+
+    print(run_export(_config(args), args.format, args.hardware))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from reports.render import render
 
@@ -146,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--hardware", metavar="PRESET_OR_FILE",
                       help="accelerator preset name or spec YAML file (overrides the config's hardware)")
     cost.set_defaults(func=_cmd_cost)
+
+    exp = sub.add_parser("export-workload", help="write every (method, bits) of a config as Timeloop, ZigZag or "
+                                                 "SCALE-Sim inputs",
+                         description="For every (method, bits) of the config: calibrate, export the IntegerProgram "
+                                     "and write its GEMMs in a peer tool's format with each accelerator's hardware "
+                                     "file (the config's hardware, or --hardware) under "
+                                     "<out>/<name>/workloads/<format>/<method>_<bits>/: timeloop (v0.4 problem per "
+                                     "GEMM shape, layers.yaml, arch-<accelerator>.yaml), zigzag (workload.yaml, "
+                                     "<accelerator>.yaml), scalesim (topology.csv, <accelerator>.cfg, layout.csv). "
+                                     "docs/cost-model.md says what each format cannot express.")
+    _experiment_arguments(exp)
+    exp.add_argument("--format", required=True, choices=("timeloop", "zigzag", "scalesim"))
+    exp.add_argument("--hardware", metavar="PRESET_OR_FILE",
+                     help="accelerator preset name or spec YAML file (overrides the config's hardware)")
+    exp.set_defaults(func=_cmd_export_workload)
 
     rep = sub.add_parser("report", help="re-render a run folder's plots and reports from its results.json",
                          description="Draw plots/ (PNG and SVG) and write report.md and report.html in RUN_DIR "

@@ -91,7 +91,8 @@ def mac_unit(spec: AcceleratorSpec, a_bits: int, b_bits: int, name: str) -> MacU
     return min(fitting, key=lambda u: (u.a_bits * u.w_bits, -u.lanes))
 
 
-def _mac_pj(spec: AcceleratorSpec, a_bits: int, b_bits: int) -> float:
+def mac_pj(spec: AcceleratorSpec, a_bits: int, b_bits: int) -> float:
+    """One MAC on an a_bits x b_bits multiplier: the multiply (quadratic in width) and the accumulation."""
     accumulate = unit_pj(spec, "int32_add") * spec.accumulator_bits / 32
     return unit_pj(spec, "int8_mult") * a_bits * b_bits / 64 + accumulate
 
@@ -138,11 +139,11 @@ def _gemm_arrays(g: GemmOp, spec: AcceleratorSpec, rows: np.ndarray, cols: np.nd
         energy["shift_adds"] = zero + g.macs * (SHIFT_ADD_OF_MULT * unit_pj(spec, "int8_mult") + accumulate)
     else:
         compute = zero + gemm_cycles(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, dataflow)
-        energy["dense_macs"] = zero + g.macs * _mac_pj(spec, unit.a_bits, unit.w_bits)  # the multiplier that runs it
+        energy["dense_macs"] = zero + g.macs * mac_pj(spec, unit.a_bits, unit.w_bits)  # the multiplier that runs it
     if g.outlier_macs:
         lanes = spec.outlier_lanes if spec.outlier_lanes else rows * cols
         compute = compute + np.ceil(g.outlier_macs / lanes)
-        energy["outliers"] = zero + g.outlier_macs * _mac_pj(spec, OUTLIER_BITS, g.b_bits)
+        energy["outliers"] = zero + g.outlier_macs * mac_pj(spec, OUTLIER_BITS, g.b_bits)
     a_bits = g.groups * g.m * g.k * g.a_bits
     b_bits = g.groups * g.k * g.n * g.b_bits if not g.weights else _weight_bits(g)
     out_bits = g.groups * g.m * g.n * g.out_bits
