@@ -48,16 +48,22 @@ def run_export(cfg: Config, fmt: str, hardware: str | None = None) -> Path:
     target = Path(cfg.out) / cfg.name / "workloads" / fmt
     staging = target.parent / f".{fmt}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    for bits in cfg.quant.bits:
-        for method in cfg.quant.methods:
-            program, _ = calibrated_program(loaded.model, cfg, method, bits, calib)
-            if program is None:
-                log.info("%s %s: not exported, no workload to write", method, bits)
-                continue
-            load = workload(program)
-            for spec in specs:
-                write_files(staging / f"{method}_{bits}", EXPORT_FORMATS[fmt](load, spec, f"{method}_{bits}_{spec.name}"))
-            log.info("%s %s: %d GEMMs written for %s", method, bits, len(load.gemms), ", ".join(s.name for s in specs))
+    try:
+        for bits in cfg.quant.bits:
+            for method in cfg.quant.methods:
+                program, _ = calibrated_program(loaded.model, cfg, method, bits, calib)
+                if program is None:
+                    log.info("%s %s: not exported, no workload to write", method, bits)
+                    continue
+                load = workload(program)
+                for spec in specs:
+                    write_files(staging / f"{method}_{bits}",
+                                EXPORT_FORMATS[fmt](load, spec, f"{method}_{bits}_{spec.name}"))
+                log.info("%s %s: %d GEMMs written for %s", method, bits, len(load.gemms),
+                         ", ".join(s.name for s in specs))
+    except BaseException:  # an error or Ctrl-C: no staging folder left behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     staging.mkdir(parents=True, exist_ok=True)
     if target.exists():
         old = target.parent / f".{fmt}.old-{os.getpid()}"
