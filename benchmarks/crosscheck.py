@@ -62,7 +62,7 @@ def scalesim_cycles(python: str, load: Workload, spec, folder: Path) -> dict[str
         rows = list(csv.reader(report))
     column = [name.strip() for name in rows[0]].index("Total Cycles")
     totals: dict[str, int] = {}
-    for (_, g), row in zip(export_scalesim.topology_rows(load), rows[1:], strict=True):
+    for (_, g), row in zip(load.products(), rows[1:], strict=True):
         totals[g.name] = totals.get(g.name, 0) + int(float(row[column]))
     return totals
 
@@ -72,11 +72,11 @@ def zigzag_costs(python: str, load: Workload, spec, folder: Path) -> dict[str, t
     write_files(folder, export_zigzag.files(load, spec, spec.name))
     out = subprocess.run([python, "-c", ZIGZAG_RUN, str(folder), spec.name], check=True, capture_output=True,
                          text=True).stdout
+    gemm_of = {name: g.name for name, g in load.products()}
     totals: dict[str, tuple[float, float]] = {}
     for name, energy, latency in json.loads(out.strip().splitlines()[-1]):
-        gemm = name.rsplit(".", 1)[0] if name not in {g.name for g in load.gemms} else name
-        e, c = totals.get(gemm, (0.0, 0.0))
-        totals[gemm] = (e + energy, c + latency)
+        e, c = totals.get(gemm_of[name], (0.0, 0.0))
+        totals[gemm_of[name]] = (e + energy, c + latency)
     return totals
 
 

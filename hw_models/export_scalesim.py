@@ -13,22 +13,14 @@ ofmap).
 from __future__ import annotations
 
 from hw_models.spec import AcceleratorSpec
-from hw_models.workload import GemmOp, Workload
+from hw_models.workload import Workload
 
 DATAFLOW_NAMES = {"output_stationary": "os", "weight_stationary": "ws"}
 HEADER = "Layer, M, N, K,"
 
 
-def topology_rows(load: Workload) -> list[tuple[str, GemmOp]]:
-    """(row name, GEMM) for every GEMM the array runs per image, grouped GEMMs repeated per group."""
-    rows = []
-    for g in load.gemms:
-        rows += [(g.name if g.groups == 1 else f"{g.name}.{i}", g) for i in range(g.groups)]
-    return rows
-
-
 def topology_csv(load: Workload) -> str:
-    lines = [HEADER] + [f"{name}, {g.m}, {g.n}, {g.k}," for name, g in topology_rows(load)]
+    lines = [HEADER] + [f"{name}, {g.m}, {g.n}, {g.k}," for name, g in load.products()]
     return "\n".join(lines) + "\n"
 
 

@@ -25,11 +25,9 @@ DRAM_PORT_BITS = 64
 
 def workload_yaml(load: Workload) -> str:
     layers = []
-    for g in load.gemms:
-        for i in range(g.groups):
-            index = len(layers)
-            layers.append(f"""- id: {index}
-  name: {g.name if g.groups == 1 else f"{g.name}.{i}"}
+    for index, (name, g) in enumerate(load.products()):
+        layers.append(f"""- id: {index}
+  name: {name}
   operator_type: Gemm
   equation: O[b][k]+=I[b][c]*W[c][k]
   dimension_relations: []

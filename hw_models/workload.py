@@ -70,6 +70,11 @@ class Workload:
         """Total MACs per image, or those of one GEMM kind."""
         return sum(g.macs for g in self.gemms if kind is None or g.kind == kind)
 
+    def products(self) -> list[tuple[str, GemmOp]]:
+        """(name, GEMM) per product the array runs per image: a grouped GEMM (attention heads, Swin windows)
+        once per group, named `<gemm>.<group>`; how the peer tools' exports list them."""
+        return [(g.name if g.groups == 1 else f"{g.name}.{i}", g) for g in self.gemms for i in range(g.groups)]
+
 
 def _weight_bits(weight) -> int:
     """Bits of a weight code: the widest per-channel span of the stored codes minus zero-points."""

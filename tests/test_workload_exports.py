@@ -170,7 +170,7 @@ def test_demo_priced_cycles_stay_what_the_exported_shapes_give():
     load = workload(export(quantize_model(model, build_recipe("minmax", QuantConfig()), 8, 8, calib), calib))
     spec = load_spec("eyeriss_like")
     priced = {layer.name: layer.compute_cycles for layer in cost(load, spec).layers if layer.kind != "vector"}
-    rows = export_scalesim.topology_rows(load)
+    rows = load.products()
     per_gemm: dict[str, int] = {}
     for name, g in rows:
         per_gemm[g.name] = per_gemm.get(g.name, 0) + int(gemm_cycles(g.m, g.n, g.k, 1, spec.pe_array.rows,
