@@ -54,7 +54,7 @@ def _cost_one(model: torch.nn.Module, cfg: Config, specs: list[AcceleratorSpec],
     for spec in specs:
         result = cost(load, spec)
         priced = result.to_dict()
-        log.info("%s on %s: %.2f uJ, %.3f ms per inference\n%s", label, spec.name,
+        log.info("%s on %s (%.3f mm2): %.2f uJ, %.3f ms per inference\n%s", label, spec.name, priced["area_mm2"],
                  priced["energy_per_inference_uj"], priced["latency_ms"], format_cost_table(result))
         entries.append({**entry, **priced})
     return entries

@@ -24,7 +24,11 @@ The model, and every assumption in it:
   multiplier cost 8x8), and its accumulation int32_add x accumulator_bits / 32 (linear); a shift-add
   costs a tenth of an int8 multiply (our assumption, of the order of an 8-bit add; no published figure
   gives it: docs/references.md, "Shifts") plus the accumulation; an outlier MAC is a 16 x w-bit
-  multiply plus the accumulation; a vector op costs one int32 add per element and cycle of work. An
+  multiply plus the accumulation; a vector op costs one int32 add per element and cycle of work. A PE
+  register file (`pe_array.registers`, per operand) serves every MAC on the array: each MAC reads its
+  input and weight from them and reads and writes its partial sum, at the energy per bit of Eyeriss's
+  register file (`register_pj_per_bit`: one access costs one 16-bit MAC); the SRAM traffic above stays
+  the dataflow's fold traffic. Without register files that in-array reuse costs nothing. An
   SRAM level costs its pj_per_bit, else the read energy per bit of one of its banks (size / banks),
   interpolated over capacity between Horowitz's 8 KB, 32 KB and 1 MB reads (`energy.sram_pj_per_bit`:
   a bigger buffer costs more per access, a banked one less), writes as reads; DRAM the spec's
@@ -40,6 +44,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from adfq_sim.formats import OUTLIER_BITS
+from hw_models.area import area_mm2
 from hw_models.dataflow import gemm_cycles
 from hw_models.dataflow import utilisation as utilisation_of
 from hw_models.energy import SRAM_SIZES_KIB, UNIT_ENERGY, sram_pj_per_bit
@@ -49,7 +54,8 @@ from hw_models.workload import GemmOp, VectorOp, Workload
 RULE_BITS = 32 + 8  # per output channel: the dyadic rule (mantissa and shift) and a zero-point
 SHIFT_ADD_OF_MULT = 0.1  # a shift-add's multiply-part energy relative to an int8 multiply
 
-COMPONENTS = ("dense_macs", "shift_adds", "outliers", "vector", "sram", "dram")
+COMPONENTS = ("dense_macs", "shift_adds", "outliers", "vector", "registers", "sram", "dram")
+RF_MAC_BITS = 16  # Eyeriss's register-file access costs one 16-bit MAC (Chen et al., ISCA 2016)
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,19 @@ def mac_pj(spec: AcceleratorSpec, a_bits: int, b_bits: int) -> float:
     return unit_pj(spec, "int8_mult") * a_bits * b_bits / 64 + accumulate
 
 
+def register_pj_per_bit(spec: AcceleratorSpec) -> float:
+    """A PE-local register file's energy per bit accessed: Eyeriss's normalised costs put one access of its
+    0.5 KB register file at the energy of one 16-bit MAC (Chen, Emer, Sze, ISCA 2016), at this node."""
+    return mac_pj(spec, RF_MAC_BITS, RF_MAC_BITS) / RF_MAC_BITS
+
+
+def register_bits_per_mac(spec: AcceleratorSpec, unit: MacUnit) -> int:
+    """Register-file bits one MAC on the array moves: its input and weight read where the spec has those
+    register files, and its partial sum read and written where it has an output one."""
+    width = {"inputs": unit.a_bits, "weights": unit.w_bits, "outputs": 2 * spec.accumulator_bits}
+    return sum(width[operand] for operand in spec.pe_array.registers)
+
+
 def _weight_bits(g: GemmOp) -> int:
     return g.n * g.k * g.b_bits + g.n * RULE_BITS
 
@@ -140,6 +159,7 @@ def _gemm_arrays(g: GemmOp, spec: AcceleratorSpec, rows: np.ndarray, cols: np.nd
     else:
         compute = zero + gemm_cycles(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, dataflow)
         energy["dense_macs"] = zero + g.macs * mac_pj(spec, unit.a_bits, unit.w_bits)  # the multiplier that runs it
+        energy["registers"] = zero + g.macs * register_bits_per_mac(spec, unit) * register_pj_per_bit(spec)
     if g.outlier_macs:
         lanes = spec.outlier_lanes if spec.outlier_lanes else rows * cols
         compute = compute + np.ceil(g.outlier_macs / lanes)
@@ -227,6 +247,7 @@ class Cost:
         """The totals that results.json / cost.json report (units in the key names)."""
         energy = self.energy_pj()
         joules = self.total_energy_pj * 1e-12
+        area = {c: float(a) for c, a in area_mm2(self.spec).items()}
         return {"accelerator": self.spec.name, "macs": self.macs,
                 "macs_by_kind": {k: sum(l.macs for l in self.layers if l.kind == k) for k in ("dense", "shift", "twin")},
                 "macs_by_precision": {p: sum(l.macs for l in self.layers if l.precision == p)
@@ -242,7 +263,8 @@ class Cost:
                 "cycles": self.cycles, "latency_ms": self.latency_s * 1e3,
                 "inferences_per_s": 1.0 / self.latency_s,
                 "effective_tops_per_w": 2 * self.macs / joules / 1e12 if joules else None,
-                "memory_bound_layers": sum(l.bound == "memory" for l in self.layers if l.kind != "vector")}
+                "memory_bound_layers": sum(l.bound == "memory" for l in self.layers if l.kind != "vector"),
+                "area_mm2": sum(area.values()), "area_mm2_by_component": area}
 
     def layer_rows(self) -> list[dict]:
         return [{**{k: v for k, v in asdict(l).items() if k != "energy_pj"}, "cycles": l.cycles,
@@ -284,8 +306,9 @@ def sweep(load: Workload, spec: AcceleratorSpec, *, rows: np.ndarray | int | Non
     Each given axis is an array (all broadcast together): PE rows and columns, the size of the outermost
     SRAM level (KiB; the only level of every preset; its energy per bit follows its size) and the DRAM
     bandwidth; the rest comes from `spec`. Bit-widths are a workload property: sweep each (method, bits)
-    workload. Returns cycles, latency, inferences/s, energy (total and by component), DRAM traffic (bits)
-    and effective TOPS/W per variant; equal to `cost` variant by variant (tested).
+    workload. Returns cycles, latency, inferences/s, energy (total and by component), DRAM traffic (bits),
+    effective TOPS/W and area (mm², total and by component) per variant; equal to `cost` variant by variant
+    (tested).
     """
     rows = np.asarray(spec.pe_array.rows if rows is None else rows)
     cols = np.asarray(spec.pe_array.cols if cols is None else cols)
@@ -305,6 +328,8 @@ def sweep(load: Workload, spec: AcceleratorSpec, *, rows: np.ndarray | int | Non
         by_component = {c: by_component[c] + layer.energy_pj[c] for c in COMPONENTS}
     energy = sum(by_component.values())
     latency = cycles / (spec.clock_mhz * 1e6)
-    return {"cycles": cycles, "latency_s": latency, "inferences_per_s": 1.0 / latency, "energy_pj": energy,
+    shape = np.shape(cycles)  # every variant, also where area does not depend on an axis (bandwidth)
+    area = {c: np.broadcast_to(a, shape) for c, a in area_mm2(spec, rows=rows, cols=cols, sram_kib=outer_kib).items()}
+    return {"area_mm2": sum(area.values()), "area_mm2_by_component": area, "cycles": cycles, "latency_s": latency, "inferences_per_s": 1.0 / latency, "energy_pj": energy,
             "energy_pj_by_component": by_component, "dram_bits": dram_bits,
             "effective_tops_per_w": 2 * load.macs() / (energy * 1e-12) / 1e12}

@@ -21,13 +21,18 @@ from hw_models.dataflow import DATAFLOWS
 from hw_models.energy import UNIT_ENERGY
 
 VECTOR_OPS = ("layernorm", "softmax", "gelu", "requant", "add")
+REGISTER_OPERANDS = ("inputs", "weights", "outputs")
 
 
 @dataclass(frozen=True)
 class PEArray:
+    """rows x cols PEs; `registers`: a PE-local register file per operand (entries per PE; an operand absent
+    has none), which serves every MAC's use of that operand inside the array."""
+
     rows: int = 16
     cols: int = 16
     dataflow: str = "output_stationary"
+    registers: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,11 @@ def _validate(spec: AcceleratorSpec) -> None:
     _positive(spec.pe_array.rows, "pe_array.rows")
     _positive(spec.pe_array.cols, "pe_array.cols")
     check_choice(spec.pe_array.dataflow, DATAFLOWS, "pe_array.dataflow")
+    for operand, entries in spec.pe_array.registers.items():
+        check_choice(operand, REGISTER_OPERANDS, "pe_array.registers")
+        if isinstance(entries, bool) or not isinstance(entries, int) or entries <= 0:
+            raise UserInputError(f"pe_array.registers.{operand}: must be an integer > 0 (entries per PE), "
+                                 f"got {entries!r}")
     if not spec.macs:
         raise UserInputError("macs: at least one multiplier kind is needed")
     for i, mac in enumerate(spec.macs):

@@ -35,9 +35,9 @@ BIT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
 # One hatch per bit-width where bars stand for entries (same method colour, bits told apart).
 BIT_HATCHES = ("", "//", "..", "xx", "\\\\", "++", "oo", "--")
 COMPONENT_LABELS = {"dense_macs": "dense MACs", "shift_adds": "shift-adds", "outliers": "outlier path",
-                    "vector": "vector unit", "sram": "SRAM", "dram": "DRAM"}
+                    "vector": "vector unit", "registers": "PE registers", "sram": "SRAM", "dram": "DRAM"}
 COMPONENT_COLOURS = {"dense_macs": "#4c72b0", "shift_adds": "#55a868", "outliers": "#c44e52",
-                     "vector": "#8172b2", "sram": "#ccb974", "dram": "#64b5cd"}
+                     "vector": "#8172b2", "registers": "#937860", "sram": "#ccb974", "dram": "#64b5cd"}
 QUANTITIES = {"energy": "energy per inference (µJ)", "memory": "model memory footprint (KiB)",
               "latency": "latency per inference (ms)"}
 LOG_X_SPAN = 20.0  # a cost axis turns logarithmic only when its largest value exceeds this x its smallest
@@ -78,6 +78,73 @@ def _cost_value(cost: dict, quantity: str) -> float:
     return cost["latency_ms"]
 
 
+def _draw_entries(ax, entries: list[dict], points: list[tuple[float, float]], colours: dict[str, str],
+                  bits_order: list[str]) -> None:
+    """One hollow marker per entry: colour the method, shape the bit-width, size by method so that
+    coinciding points show as concentric rings."""
+    methods = list(colours)
+    for entry, (x, y) in zip(entries, points):
+        rank = methods.index(entry["method"])
+        ax.plot([x], [y], linestyle="none", marker=BIT_MARKERS[bits_order.index(entry["bits"]) % len(BIT_MARKERS)],
+                markersize=max(5.0, 18.0 - 2.5 * rank), markerfacecolor="none", markeredgewidth=1.6,
+                markeredgecolor=colours[entry["method"]], zorder=3)
+
+
+def _legend_handles(entries: list[dict], colours: dict[str, str], bits_order: list[str]) -> list[Line2D]:
+    present, present_bits = {e["method"] for e in entries}, {e["bits"] for e in entries}
+    handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, markerfacecolor="none",
+                      markeredgewidth=1.6, markeredgecolor=c, label=m) for m, c in colours.items() if m in present]
+    return handles + [Line2D([], [], linestyle="none", marker=BIT_MARKERS[i % len(BIT_MARKERS)], markersize=8,
+                             markerfacecolor="none", markeredgecolor="black", label=b.upper())
+                      for i, b in enumerate(bits_order) if b in present_bits]
+
+
+def accuracy_vs_area(results: dict) -> Figure:
+    """Deployed accuracy of each (method, bits) against the silicon area of each accelerator that prices it.
+
+    Accuracy is the program's, area the accelerator's (the same for every configuration it runs), so each
+    accelerator is a column of markers, labelled with its name; the step line is the Pareto front over
+    all of them (no other accelerator and configuration is both smaller and more accurate).
+    """
+    metric, ylabel = summary.accuracy_metric(results)
+    colours, bits_order = _method_colours(results), _bits_order(results)
+    fig = _figure(9.0, 5.2)
+    ax = fig.add_subplot()
+    ax.set_xlabel("accelerator area (mm², at its node)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{ylabel.split(' (')[0]} vs accelerator area")
+    entries, points, columns = [], [], {}
+    for name in summary.accelerators(results):
+        for entry in summary.costed(results, name):
+            area = summary.cost_of(entry, name)["area_mm2"]
+            entries.append(entry)
+            points.append((area, summary.deployed_accuracy(entry, metric)))
+            columns[name] = area
+    if not entries:
+        _centred_text(ax, "no entry has a cost on any accelerator\n(none was exported to an integer program)")
+        return fig
+    _draw_entries(ax, entries, points, colours, bits_order)
+    front = summary.pareto_front(points)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], drawstyle="steps-post", color="black",
+            linewidth=1.2, marker=".", markersize=5, zorder=2)
+    fp32 = summary.fp32_accuracy(results)
+    ax.axhline(fp32, color="black", linestyle="--", linewidth=1.0, zorder=1)
+    for name, area in columns.items():
+        ax.annotate(name, (area, 0.0), xycoords=("data", "axes fraction"), xytext=(0, 4), textcoords="offset points",
+                    rotation=90, ha="center", va="bottom", fontsize=SMALL, color=GRID_COLOUR)
+    areas = list(columns.values())
+    if max(areas) / min(areas) > LOG_X_SPAN:
+        ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.25)
+    ax.grid(True, color="#e0e0e0", linewidth=0.6, zorder=0)
+    handles = _legend_handles(entries, colours, bits_order)
+    handles += [Line2D([], [], color="black", linewidth=1.2, marker=".", markersize=5,
+                       label=f"Pareto front ({len(front)} of {len(points)})"),
+                Line2D([], [], color="black", linestyle="--", linewidth=1.0, label=f"FP32 ({fp32:.2f}%)")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
+    return fig
+
+
 def accuracy_vs_cost(results: dict, accelerator: str, quantity: str) -> Figure:
     """Deployed accuracy of each (method, bits) against its cost on one accelerator, with the Pareto front.
 
@@ -99,12 +166,7 @@ def accuracy_vs_cost(results: dict, accelerator: str, quantity: str) -> Figure:
         return fig
     points = [(_cost_value(summary.cost_of(e, accelerator), quantity), summary.deployed_accuracy(e, metric))
               for e in entries]
-    methods = list(colours)
-    for entry, (x, y) in zip(entries, points):
-        rank = methods.index(entry["method"])
-        ax.plot([x], [y], linestyle="none", marker=BIT_MARKERS[bits_order.index(entry["bits"]) % len(BIT_MARKERS)],
-                markersize=max(5.0, 18.0 - 2.5 * rank), markerfacecolor="none", markeredgewidth=1.6,
-                markeredgecolor=colours[entry["method"]], zorder=3)
+    _draw_entries(ax, entries, points, colours, bits_order)
     front = summary.pareto_front(points)
     # Dots on the front's points so a one-point front still shows.
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], drawstyle="steps-post", color="black",
@@ -126,13 +188,7 @@ def accuracy_vs_cost(results: dict, accelerator: str, quantity: str) -> Figure:
         ax.set_xscale("log")
     ax.margins(x=0.08, y=0.12)
     ax.grid(True, color="#e0e0e0", linewidth=0.6, zorder=0)
-    present = {e["method"] for e in entries}
-    handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, markerfacecolor="none",
-                      markeredgewidth=1.6, markeredgecolor=c, label=m) for m, c in colours.items() if m in present]
-    present_bits = {e["bits"] for e in entries}
-    handles += [Line2D([], [], linestyle="none", marker=BIT_MARKERS[i % len(BIT_MARKERS)], markersize=8,
-                       markerfacecolor="none", markeredgecolor="black", label=b.upper())
-                for i, b in enumerate(bits_order) if b in present_bits]
+    handles = _legend_handles(entries, colours, bits_order)
     handles += [Line2D([], [], color="black", linewidth=1.2, marker=".", markersize=5,
                        label=f"Pareto front ({len(front)} of {len(points)})"),
                 Line2D([], [], color="black", linestyle="--", linewidth=1.0, label=f"FP32 ({fp32:.2f}%)"),

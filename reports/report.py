@@ -58,6 +58,11 @@ def plot_specs(results: dict) -> list[PlotSpec]:
                  f"Accuracy vs latency of one inference on {first} (the slower of compute and memory time per "
                  "layer, layers in sequence)."),
     ]
+    specs.append(PlotSpec("accuracy_vs_area", "accuracy vs accelerator area", lambda: plots.accuracy_vs_area(results),
+                          "Accuracy vs the silicon area of each configured accelerator (mm² at its node: the PE "
+                          "array, shift-add and outlier lanes, vector unit and SRAM; the cost model's area "
+                          "model). Area is the accelerator's, not the configuration's, so each accelerator is a "
+                          "column of markers; the step line is the Pareto front over all of them."))
     entry = summary.focus(results)
     if entry is not None and summary.cost_of(entry, first) is not None:
         specs.append(PlotSpec("layer_energy", "energy per layer", lambda: plots.layer_energy(results, entry, first),
@@ -159,11 +164,11 @@ def _results_table(results: dict) -> Table:
 
 
 def _hardware_table(results: dict) -> Table:
-    rows = [[r["accelerator"], r["array"], _num(r["clock_mhz"], 0), _num(r["sram_kib"], 0), r["recommended"] or "-",
-             _num(r["accuracy"]), _num(r["energy_uj"], 3), _num(r["latency_ms"], 4), _num(r["tops_per_w"])]
-            for r in summary.hardware_rows(results)]
-    return Table(["accelerator", "PE array", "clock (MHz)", "SRAM (KiB)", "recommended", "accuracy (%)",
-                  "energy (µJ)", "latency (ms)", "effective TOPS/W"], rows, "llrrlrrrr")
+    rows = [[r["accelerator"], r["array"], _num(r["clock_mhz"], 0), _num(r["sram_kib"], 0), _num(r["area_mm2"], 3),
+             r["recommended"] or "-", _num(r["accuracy"]), _num(r["energy_uj"], 3), _num(r["latency_ms"], 4),
+             _num(r["tops_per_w"])] for r in summary.hardware_rows(results)]
+    return Table(["accelerator", "PE array", "clock (MHz)", "SRAM (KiB)", "area (mm²)", "recommended", "accuracy (%)",
+                  "energy (µJ)", "latency (ms)", "effective TOPS/W"], rows, "llrrrlrrrr")
 
 
 def _environment_table(results: dict) -> Table:

@@ -171,6 +171,7 @@ def hardware_rows(results: dict) -> list[dict]:
             "accelerator": spec["name"], "array": f"{spec['pe_array']['rows']}x{spec['pe_array']['cols']} "
                                                   f"{spec['pe_array']['dataflow'].replace('_', '-')}",
             "clock_mhz": spec["clock_mhz"], "sram_kib": sum(level["size_kib"] for level in spec["sram"]),
+            "area_mm2": cost["area_mm2"] if cost else None,
             "recommended": label(entry) if entry else None,
             "accuracy": deployed_accuracy(entry, metric) if entry else None,
             "energy_uj": cost["energy_per_inference_uj"] if cost else None,

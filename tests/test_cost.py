@@ -112,6 +112,10 @@ def test_sweep_equals_cost_variant_by_variant(deit_small_loads):
                     assert swept["dram_bits"][b, s, i, j] == pytest.approx(sum(l.dram_bits for l in one.layers))
                     for c, pj in one.energy_pj().items():
                         assert swept["energy_pj_by_component"][c][b, s, i, j] == pytest.approx(pj, rel=1e-12)
+                    summary = one.summary()
+                    assert swept["area_mm2"][b, s, i, j] == pytest.approx(summary["area_mm2"], rel=1e-12)
+                    for c, mm2 in summary["area_mm2_by_component"].items():
+                        assert swept["area_mm2_by_component"][c][b, s, i, j] == pytest.approx(mm2, rel=1e-12)
 
 
 def test_sram_energy_per_access_grows_with_capacity():
@@ -153,6 +157,31 @@ def test_sram_size_sweep_trades_dram_traffic_for_access_energy(deit_small_loads)
         assert (np.diff(energy) > 0).any() and energy[-1] > energy.min()  # no monotone preference for size
         if bits == 4:  # W4A4: the optimum is a mid-size buffer (2 MiB on edge_npu)
             assert 0 < int(np.argmin(energy)) < sizes.size - 1
+
+
+def test_pe_register_files_price_every_mac_on_the_array(deit_small_loads):
+    """Register files add per MAC on the array its input and weight read and its partial sum's read and
+    write, at one 16-bit MAC per 16 bits accessed (Eyeriss); SRAM, DRAM and cycles do not change, and the
+    shift-add lanes (off the array) read no PE registers."""
+    from hw_models.cost import mac_pj, register_pj_per_bit
+
+    load, base = deit_small_loads["adfq", 4], load_spec("edge_npu")
+    assert cost(load, base).energy_pj()["registers"] == 0
+    spec = dataclasses.replace(base, pe_array=dataclasses.replace(base.pe_array, registers={
+        "inputs": 4, "weights": 4, "outputs": 2}))
+    assert register_pj_per_bit(spec) == pytest.approx(mac_pj(spec, 16, 16) / 16)
+    plain, with_rf = cost(load, base), cost(load, spec)
+    for a, b in zip(plain.layers, with_rf.layers):
+        assert (a.cycles, a.sram_bits, a.dram_bits) == (b.cycles, b.sram_bits, b.dram_bits)
+        if b.kind == "shift" or not b.precision:
+            assert b.energy_pj["registers"] == 0
+            continue
+        a_bits, w_bits = (int(x) for x in b.precision.split("x"))
+        per_mac = a_bits + w_bits + 2 * spec.accumulator_bits
+        assert b.energy_pj["registers"] == pytest.approx(b.macs * per_mac * register_pj_per_bit(spec), rel=1e-12)
+        assert {**b.energy_pj, "registers": 0.0} == a.energy_pj
+    only_weights = dataclasses.replace(spec, pe_array=dataclasses.replace(spec.pe_array, registers={"weights": 8}))
+    assert 0 < cost(load, only_weights).energy_pj()["registers"] < with_rf.energy_pj()["registers"]
 
 
 def test_each_sram_level_is_priced(deit_small_loads):

@@ -23,6 +23,7 @@ def test_every_preset_loads_with_its_figures():
     tpu = specs["edge_tpu_like"]
     assert 3.8e12 < tpu.pe_array.rows * tpu.pe_array.cols * 2 * tpu.clock_mhz * 1e6 < 4.2e12  # ~4 TOPS int8
     assert all(set(s.vector_unit.cycles_per_element) == set(VECTOR_OPS) for s in specs.values())
+    assert specs["eyeriss_like"].pe_array.registers == {"inputs": 12, "weights": 224, "outputs": 24}  # scratchpads
 
 
 @pytest.mark.parametrize("patch, message", [
@@ -35,6 +36,9 @@ def test_every_preset_loads_with_its_figures():
     ({"vector_unit": {"cycles_per_element": {"layernorm": 1}}}, r"vector_unit.cycles_per_element: missing add, gelu"),
     ({"energy_pj": {"int8_mul": 0.1}}, r"energy_pj: unknown value 'int8_mul' \(did you mean 'int8_mult'\?\)"),
     ({"dram": {"bandwidth_gb_s": -1}}, r"dram.bandwidth_gb_s: must be > 0"),
+    ({"pe_array": {"registers": {"input": 4}}}, r"pe_array.registers: unknown value 'input' \(did you mean 'inputs'\?\)"),
+    ({"pe_array": {"registers": {"weights": 0}}}, r"pe_array.registers.weights: must be an integer > 0"),
+    ({"pe_array": {"registers": {"outputs": 2.5}}}, r"pe_array.registers.outputs: must be an integer > 0"),
 ])
 def test_bad_specs_name_the_field(patch, message):
     with pytest.raises(UserInputError, match=r"^hardware\." + message):

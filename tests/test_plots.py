@@ -150,7 +150,7 @@ def _entry(method: str, bits: str, mismatches: int) -> dict:
         "integer_evaluation": {"exported": exported, "top1": ACCURACY[(method, bits)], "agreement": 99.0,
                                "verify": {"images": 4, "tensors": len(layers), "mismatches": mismatches,
                                           "layers": layers, "outliers": {}}} if exported else {"exported": False},
-        "cost": {ACCELERATOR: {"energy_per_inference_uj": energy, "latency_ms": energy / 10,
+        "cost": {ACCELERATOR: {"energy_per_inference_uj": energy, "latency_ms": energy / 10, "area_mm2": 1.5,
                                "memory_bytes": {"weights": 1000.0 * n, "peak_activations": 512.0, "outliers": 0.0},
                                "layers": _layers(energy)}} if exported else None,
     }
@@ -192,7 +192,8 @@ def test_every_figure_renders_and_saves_identical_png_and_svg(tmp_path: Path) ->
     figures |= {"layer_energy": plots.layer_energy(results, entry, ACCELERATOR),
                 "distributions": plots.distributions(results, entry),
                 "distributions_uniform": plots.distributions(results, _entry_of(results, "minmax", "w8a8")),
-                "outlier_ratios": plots.outlier_ratios(results), "verification": plots.verification(results)}
+                "outlier_ratios": plots.outlier_ratios(results), "verification": plots.verification(results),
+                "area": plots.accuracy_vs_area(results)}
     for stem, fig in figures.items():
         first = plots.save_figure(fig, tmp_path / "a", stem)
         second = plots.save_figure(fig, tmp_path / "b", stem)
@@ -234,6 +235,26 @@ def test_accuracy_vs_cost_uses_a_log_axis_only_for_a_wide_range() -> None:
     assert plots.accuracy_vs_cost(results, ACCELERATOR, "energy").axes[0].get_xscale() == "log"
     with pytest.raises(ValueError):
         plots.accuracy_vs_cost(results, ACCELERATOR, "area")
+
+
+def test_accuracy_vs_area_puts_each_accelerator_in_a_column() -> None:
+    """Each accelerator's entries at its area, its name on the axis; equal accuracies on a bigger accelerator
+    are dominated, so the front holds only the smaller one's points."""
+    results = make_results()
+    results["hardware"].append({"name": "big"})
+    for entry in summary.costed(results, ACCELERATOR):
+        entry["cost"]["big"] = {**entry["cost"][ACCELERATOR], "area_mm2": 6.0}
+    metric, _ = summary.accuracy_metric(results)
+    fig = plots.accuracy_vs_area(results)
+    ax = fig.axes[0]
+    markers = [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.lines if line.get_markerfacecolor() == "none"]
+    costed = summary.costed(results, ACCELERATOR)
+    expected = [(area, summary.deployed_accuracy(e, metric)) for area in (1.5, 6.0) for e in costed]
+    assert sorted(markers) == sorted(expected)
+    front = summary.pareto_front(expected)
+    assert {expected[i][0] for i in front} == {1.5}
+    texts = _texts(fig)
+    assert ACCELERATOR in texts and "big" in texts and f"Pareto front ({len(front)} of 6)" in texts
 
 
 def test_accuracy_vs_cost_without_costs_says_so() -> None:

@@ -27,8 +27,8 @@ from reports.render import load_results
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATORS = ["edge_npu", "eyeriss_like"]
-PLOT_STEMS = ["accuracy_vs_energy_edge_npu", "accuracy_vs_memory", "accuracy_vs_latency_edge_npu", "layer_energy",
-              "distributions", "outlier_ratio", "verification"]
+PLOT_STEMS = ["accuracy_vs_energy_edge_npu", "accuracy_vs_memory", "accuracy_vs_latency_edge_npu", "accuracy_vs_area",
+              "layer_energy", "distributions", "outlier_ratio", "verification"]
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,22 @@ def test_compared_run_has_a_plot_and_a_row_per_accelerator(compared_run: Path) -
     table = markdown.split("## Hardware comparison")[1].split("## Plots")[0]
     assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "---" not in line] == [
         "| accelerator", "| edge_npu", "| eyeriss_like"]
+    assert "| area (mm²) |" in table
+
+
+def test_costs_carry_the_accelerators_area(compared_run: Path) -> None:
+    from hw_models.area import area_mm2
+    from hw_models.spec import load_spec
+
+    results = load_results(compared_run)
+    for entry in results["results"]:
+        for name in ACCELERATORS:
+            cost = summary.cost_of(entry, name)
+            if cost is None:
+                continue
+            expected = {c: float(a) for c, a in area_mm2(load_spec(name)).items()}
+            assert cost["area_mm2_by_component"] == pytest.approx(expected, rel=1e-12)
+            assert cost["area_mm2"] == pytest.approx(sum(expected.values()), rel=1e-12)
 
 
 def test_results_carry_what_the_plots_need(compared_run: Path) -> None:
