@@ -32,8 +32,9 @@ The model, and every assumption in it:
   SRAM level costs its pj_per_bit, else the read energy per bit of one of its banks (size / banks),
   interpolated over capacity between Horowitz's 8 KB, 32 KB and 1 MB reads (`energy.sram_pj_per_bit`:
   a bigger buffer costs more per access, a banked one less), writes as reads; DRAM the spec's
-  pj_per_bit. Logic energies scale from their 45 nm source linearly with the node (node / 45), a
-  first-order approximation; `energy_pj` overrides any unit at the spec's node.
+  pj_per_bit. On-chip unit energies (logic and SRAM) scale from their source's node and supply (Horowitz:
+  45 nm, 0.9 V) to the spec's by Stillmaker & Baas's fits (`energy.node_energy_scale`); `energy_pj`
+  overrides any unit at the spec's node.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from adfq_sim.formats import OUTLIER_BITS
 from hw_models.area import area_mm2
 from hw_models.dataflow import gemm_cycles
 from hw_models.dataflow import utilisation as utilisation_of
-from hw_models.energy import SRAM_SIZES_KIB, UNIT_ENERGY, sram_pj_per_bit
+from hw_models.energy import SRAM_SIZES_KIB, UNIT_ENERGY, node_energy_scale, sram_pj_per_bit
 from hw_models.spec import AcceleratorSpec, MacUnit, SramLevel
 from hw_models.workload import GemmOp, VectorOp, Workload
 
@@ -82,11 +83,12 @@ class LayerCost:
 
 
 def unit_pj(spec: AcceleratorSpec, name: str) -> float:
-    """A unit energy at the spec's node: its override, else the table's value scaled from its node."""
+    """A unit energy at the spec's node and supply: its override, else the table's value scaled from its
+    source's node and supply by Stillmaker & Baas's fits (`energy.node_energy_scale`; DRAM unscaled)."""
     if name in spec.energy_pj:
         return float(spec.energy_pj[name])
     unit = UNIT_ENERGY[name]
-    return unit.pj * (spec.technology_nm / unit.node_nm if unit.per == "op" else 1.0)
+    return unit.pj * node_energy_scale(unit, spec.technology_nm, spec.supply_v)
 
 
 def mac_unit(spec: AcceleratorSpec, a_bits: int, b_bits: int, name: str) -> MacUnit:

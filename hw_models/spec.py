@@ -18,7 +18,7 @@ from typing import Optional
 from adfq_sim.errors import UserInputError
 from adfq_sim.schema import build_dataclass, check_choice, read_yaml_mapping
 from hw_models.dataflow import DATAFLOWS
-from hw_models.energy import UNIT_ENERGY
+from hw_models.energy import NODE_RANGE_NM, UNIT_ENERGY, node_energy_factor, nominal_vdd
 
 VECTOR_OPS = ("layernorm", "softmax", "gelu", "requant", "add")
 REGISTER_OPERANDS = ("inputs", "weights", "outputs")
@@ -72,6 +72,7 @@ class Dram:
 class AcceleratorSpec:
     name: str = "accelerator"
     technology_nm: float = 28.0
+    vdd_v: Optional[float] = None  # supply; None: the node's nominal (energy.nominal_vdd)
     clock_mhz: float = 800.0
     pe_array: PEArray = field(default_factory=PEArray)
     macs: list[MacUnit] = field(default_factory=lambda: [MacUnit(8, 8, 1), MacUnit(4, 4, 2)])
@@ -82,6 +83,11 @@ class AcceleratorSpec:
     sram: list[SramLevel] = field(default_factory=lambda: [SramLevel()])
     dram: Dram = field(default_factory=Dram)
     energy_pj: dict = field(default_factory=dict)  # unit-energy overrides by UNIT_ENERGY name, at this node
+
+    @property
+    def supply_v(self) -> float:
+        """The supply the energies scale to: `vdd_v`, else the node's nominal."""
+        return nominal_vdd(self.technology_nm) if self.vdd_v is None else self.vdd_v
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,6 +107,16 @@ def _positive_number(value: object, where: str) -> None:
 def _validate(spec: AcceleratorSpec) -> None:
     for key in ("technology_nm", "clock_mhz"):
         _positive(getattr(spec, key), key)
+    low, high = NODE_RANGE_NM
+    if not low <= spec.technology_nm <= high:
+        raise UserInputError(f"technology_nm: must be in {low:g}..{high:g} (the range of the node-scaling fits), "
+                             f"got {spec.technology_nm}")
+    if spec.vdd_v is not None:
+        _positive(spec.vdd_v, "vdd_v")
+        try:
+            node_energy_factor(spec.technology_nm, spec.vdd_v)
+        except ValueError as exc:
+            raise UserInputError(f"vdd_v: {exc}") from None
     for key in ("shift_add_lanes", "outlier_lanes"):  # 0: no such unit (the MAC array does the work)
         if getattr(spec, key) < 0:
             raise UserInputError(f"{key}: must be >= 0, got {getattr(spec, key)}")

@@ -130,12 +130,14 @@ def accuracy_vs_area(results: dict) -> Figure:
     fp32 = summary.fp32_accuracy(results)
     ax.axhline(fp32, color="black", linestyle="--", linewidth=1.0, zorder=1)
     for name, area in columns.items():
-        ax.annotate(name, (area, 0.0), xycoords=("data", "axes fraction"), xytext=(0, 4), textcoords="offset points",
-                    rotation=90, ha="center", va="bottom", fontsize=SMALL, color=GRID_COLOUR)
+        ax.annotate(name, (area, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -4), textcoords="offset points",
+                    rotation=90, ha="center", va="top", fontsize=SMALL, color=GRID_COLOUR)
     areas = list(columns.values())
     if max(areas) / min(areas) > LOG_X_SPAN:
         ax.set_xscale("log")
-    ax.margins(x=0.08, y=0.25)
+    ax.margins(x=0.08, y=0.12)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.3 * (high - low))  # room for the names at the top
     ax.grid(True, color="#e0e0e0", linewidth=0.6, zorder=0)
     handles = _legend_handles(entries, colours, bits_order)
     handles += [Line2D([], [], color="black", linewidth=1.2, marker=".", markersize=5,

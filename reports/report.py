@@ -58,11 +58,14 @@ def plot_specs(results: dict) -> list[PlotSpec]:
                  f"Accuracy vs latency of one inference on {first} (the slower of compute and memory time per "
                  "layer, layers in sequence)."),
     ]
-    specs.append(PlotSpec("accuracy_vs_area", "accuracy vs accelerator area", lambda: plots.accuracy_vs_area(results),
-                          "Accuracy vs the silicon area of each configured accelerator (mm² at its node: the PE "
-                          "array, shift-add and outlier lanes, vector unit and SRAM; the cost model's area "
-                          "model). Area is the accelerator's, not the configuration's, so each accelerator is a "
-                          "column of markers; the step line is the Pareto front over all of them."))
+    if len(names) > 1:  # area is the accelerator's: one accelerator would draw a single column
+        specs.append(PlotSpec("accuracy_vs_area", "accuracy vs accelerator area",
+                              lambda: plots.accuracy_vs_area(results),
+                              "Accuracy vs the silicon area of each configured accelerator (mm² at its node: the "
+                              "PE array and its register files, shift-add and outlier lanes, vector unit and SRAM; "
+                              "the cost model's area model). Area is the accelerator's, not the configuration's, "
+                              "so each accelerator is a column of markers; the step line is the Pareto front over "
+                              "all of them."))
     entry = summary.focus(results)
     if entry is not None and summary.cost_of(entry, first) is not None:
         specs.append(PlotSpec("layer_energy", "energy per layer", lambda: plots.layer_energy(results, entry, first),

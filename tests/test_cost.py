@@ -118,6 +118,28 @@ def test_sweep_equals_cost_variant_by_variant(deit_small_loads):
                         assert swept["area_mm2_by_component"][c][b, s, i, j] == pytest.approx(mm2, rel=1e-12)
 
 
+def test_node_scaling_follows_stillmaker_and_baas():
+    """The fits reproduce the paper's erratum example (HP 32 nm at 0.9 V: 0.4571; 65 nm at 1.3 V: 2.604);
+    Horowitz's figures stand at their own 45 nm and 0.9 V; at each node's nominal supply an on-chip energy
+    falls with the node, a lower supply costs less, and DRAM energies never scale."""
+    from hw_models.cost import unit_pj
+    from hw_models.energy import ENERGY_FIT, UNIT_ENERGY, node_energy_factor, nominal_vdd
+
+    assert node_energy_factor(32, 0.9) == pytest.approx(0.4571, abs=1e-4)
+    assert node_energy_factor(65, 1.3) == pytest.approx(2.604, abs=1e-3)
+    base = load_spec("edge_npu")
+    at = lambda nm, vdd=None: dataclasses.replace(base, technology_nm=nm, vdd_v=vdd)  # noqa: E731
+    for name in ("int8_mult", "sram_1mb_read"):
+        assert unit_pj(at(45, 0.9), name) == pytest.approx(UNIT_ENERGY[name].pj, rel=1e-12)
+    nodes = sorted(ENERGY_FIT, reverse=True) + [28.0, 12.0]
+    energies = {nm: unit_pj(at(nm), "int8_mult") for nm in nodes}
+    ordered = [energies[nm] for nm in sorted(energies, reverse=True)]
+    assert all(b < a for a, b in zip(ordered, ordered[1:]))
+    for nm in (65, 28, 7):
+        assert unit_pj(at(nm, nominal_vdd(nm) * 0.9), "int32_add") < unit_pj(at(nm), "int32_add")
+        assert unit_pj(at(nm), "dram_lpddr4") == UNIT_ENERGY["dram_lpddr4"].pj
+
+
 def test_sram_energy_per_access_grows_with_capacity():
     """Horowitz's three SRAM reads (10 / 20 / 100 pJ per 64 bits at 8 KB / 32 KB / 1 MB) are reproduced, and
     between and beyond them a bigger array costs more per bit, a banked one (an access reaches one bank)
