@@ -6,7 +6,8 @@ packed lanes), exported and priced on each `--presets` accelerator; the patch em
 / `export_zigzag` and run by the tools where their interpreters are given (each in its own environment:
 SCALE-Sim 3.0.0 needs numpy < 2, ZigZag is `zigzag-dse`, docs/cost-model.md). Per GEMM it prints our
 compute cycles over SCALE-Sim's "Total Cycles" (its rows of one GEMM summed), and our energy and cycles
-over ZigZag's `energy_total` and `latency_total2`; then per preset the worst ratio.
+over ZigZag's `energy_total` and `latency_total2`; then per preset the worst ratio. The SCALE-Sim lines
+also give the ratio with the spec's `pe_array.edge_folds` set to "full", SCALE-Sim's own edge-fold count.
 
     python benchmarks/crosscheck.py --scalesim-python /path/to/venv/bin/python \\
         [--zigzag-python /path/to/venv/bin/python] [--presets edge_npu eyeriss_like] [--blocks 1]
@@ -98,15 +99,19 @@ def main() -> None:
     for preset in args.presets:
         spec = load_spec(preset)
         ours = {layer.name: layer for layer in cost(load, spec).layers}
+        full_spec = dataclasses.replace(spec, pe_array=dataclasses.replace(spec.pe_array, edge_folds="full"))
+        full = {layer.name: layer.compute_cycles for layer in cost(load, full_spec).layers}
         print(f"\n{preset}: {spec.pe_array.rows}x{spec.pe_array.cols} {spec.pe_array.dataflow}")
         with tempfile.TemporaryDirectory() as tmp:
             if args.scalesim_python:
                 theirs = scalesim_cycles(args.scalesim_python, load, spec, Path(tmp) / "scalesim")
                 ratios = {name: ours[name].compute_cycles / cycles for name, cycles in theirs.items()}
+                full_ratios = {name: full[name] / cycles for name, cycles in theirs.items()}
                 for name, cycles in theirs.items():
                     print(f"  SCALE-Sim {name:28s} ours {ours[name].compute_cycles:>10,} theirs {cycles:>10,} "
-                          f"ratio {ratios[name]:.4f}")
-                print(f"  SCALE-Sim cycles: ratio {min(ratios.values()):.4f} .. {max(ratios.values()):.4f}")
+                          f"ratio {ratios[name]:.4f} (edge_folds full: {full_ratios[name]:.5f})")
+                print(f"  SCALE-Sim cycles: ratio {min(ratios.values()):.4f} .. {max(ratios.values()):.4f} "
+                      f"(edge_folds full: {min(full_ratios.values()):.5f} .. {max(full_ratios.values()):.5f})")
             if args.zigzag_python:
                 theirs_zz = zigzag_costs(args.zigzag_python, load, spec, Path(tmp) / "zigzag")
                 energy = {name: sum(ours[name].energy_pj.values()) / e for name, (e, _) in theirs_zz.items()}

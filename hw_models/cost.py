@@ -159,7 +159,8 @@ def _gemm_arrays(g: GemmOp, spec: AcceleratorSpec, rows: np.ndarray, cols: np.nd
         accumulate = unit_pj(spec, "int32_add") * spec.accumulator_bits / 32
         energy["shift_adds"] = zero + g.macs * (SHIFT_ADD_OF_MULT * unit_pj(spec, "int8_mult") + accumulate)
     else:
-        compute = zero + gemm_cycles(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, dataflow)
+        compute = zero + gemm_cycles(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, dataflow,
+                                     spec.pe_array.edge_folds)
         energy["dense_macs"] = zero + g.macs * mac_pj(spec, unit.a_bits, unit.w_bits)  # the multiplier that runs it
         energy["registers"] = zero + g.macs * register_bits_per_mac(spec, unit) * register_pj_per_bit(spec)
     if g.outlier_macs:
@@ -204,7 +205,8 @@ def _gemm_cost(g: GemmOp, spec: AcceleratorSpec, resident: bool) -> LayerCost:
     if not (g.kind == "shift" and spec.shift_add_lanes > 0):  # on the PE array
         unit = mac_unit(spec, g.a_bits, g.b_bits, g.name)
         precision = f"{unit.a_bits}x{unit.w_bits}"
-        utilisation = float(utilisation_of(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, spec.pe_array.dataflow))
+        utilisation = float(utilisation_of(g.m, g.n, g.k, g.groups, rows, cols, unit.lanes, spec.pe_array.dataflow,
+                                           spec.pe_array.edge_folds))
     by_level = {level.name: float(bits) for level, bits in zip(spec.sram, r["sram_levels"])}
     return LayerCost(g.name, g.kind, g.macs, int(r["compute"]), int(r["memory"]), float(r["sram_bits"]),
                      float(r["dram_bits"]), {c: float(r["energy"][c]) for c in COMPONENTS}, precision, utilisation,

@@ -26,7 +26,12 @@ and column folds j (F_c = ceil(D_c / C), c_j summing to D_c) gives the closed fo
 
     cycles = groups * [F_r * F_c * (T - 2) + w * D_r * F_c + D_c * F_r],   w = 1 (OS) or 2 (WS)
 
-Why the required properties hold exactly:
+`edge_folds: full` instead charges every fold the whole array, fold = T + w R + C - 2, as SCALE-Sim
+simulates it (unused PEs still pass operands and sums through); cycles = groups * F_r * F_c * (T + w R +
+C - 2). It matches SCALE-Sim to a cycle per GEMM but gives up the first property below: with the same
+fold counts a bigger array then takes longer.
+
+Why the required properties hold exactly (for the default, trim):
 - A bigger array never adds cycles. Growing R changes only F_r (non-increasing), and cycles are linear in
   F_r with coefficient F_c * (T - 2) + D_c >= D_c - F_c >= 0 (T >= 1, F_c <= D_c); likewise for C with
   coefficient F_r * (T - 2) + w * D_r >= D_r - F_r >= 0. This is why edge folds cost with their true
@@ -45,6 +50,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 DATAFLOWS = ("output_stationary", "weight_stationary")
+EDGE_FOLDS = ("trim", "full")
 
 
 def _ceil_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -73,10 +79,14 @@ def gemm_cycles(
     cols: ArrayLike,
     lanes: ArrayLike,
     dataflow: str,
+    edge_folds: str = "trim",
 ) -> np.ndarray:
-    """Compute cycles (int64, broadcast over all arguments) of `groups` [m, k] x [k, n] GEMMs."""
+    """Compute cycles (int64, broadcast over all arguments) of `groups` [m, k] x [k, n] GEMMs; `edge_folds`
+    "trim" charges an edge fold its real rows and columns, "full" the whole array's (SCALE-Sim's count)."""
     if dataflow not in DATAFLOWS:
         raise ValueError(f"unknown dataflow {dataflow!r}; choose one of {DATAFLOWS}")
+    if edge_folds not in EDGE_FOLDS:
+        raise ValueError(f"unknown edge_folds {edge_folds!r}; choose one of {EDGE_FOLDS}")
     m, n, k, groups, rows, cols, lanes = _as_sizes(
         m=m, n=n, k=k, groups=groups, rows=rows, cols=cols, lanes=lanes
     )
@@ -85,7 +95,10 @@ def gemm_cycles(
     row_folds = _ceil_div(row_dim, rows)
     col_folds = _ceil_div(n, cols)
     load = 2 if dataflow == "weight_stationary" else 1  # WS also shifts each fold's weights in
-    per_group = row_folds * col_folds * (stream - 2) + load * row_dim * col_folds + n * row_folds
+    if edge_folds == "full":
+        per_group = row_folds * col_folds * (stream + load * rows + cols - 2)
+    else:
+        per_group = row_folds * col_folds * (stream - 2) + load * row_dim * col_folds + n * row_folds
     return np.asarray(groups * per_group, dtype=np.int64)
 
 
@@ -98,8 +111,9 @@ def utilisation(
     cols: ArrayLike,
     lanes: ArrayLike,
     dataflow: str,
+    edge_folds: str = "trim",
 ) -> np.ndarray:
     """MACs / (cycles * rows * cols * lanes): the fraction of peak MAC throughput used, in (0, 1]."""
-    cycles = gemm_cycles(m, n, k, groups, rows, cols, lanes, dataflow)
+    cycles = gemm_cycles(m, n, k, groups, rows, cols, lanes, dataflow, edge_folds)
     macs = np.asarray(groups, dtype=np.float64) * m * n * k
     return macs / (cycles * np.asarray(rows, dtype=np.float64) * cols * lanes)

@@ -17,7 +17,7 @@ from typing import Optional
 
 from adfq_sim.errors import UserInputError
 from adfq_sim.schema import build_dataclass, check_choice, read_yaml_mapping
-from hw_models.dataflow import DATAFLOWS
+from hw_models.dataflow import DATAFLOWS, EDGE_FOLDS
 from hw_models.energy import NODE_RANGE_NM, UNIT_ENERGY, node_energy_factor, nominal_vdd
 
 VECTOR_OPS = ("layernorm", "softmax", "gelu", "requant", "add")
@@ -27,12 +27,14 @@ REGISTER_OPERANDS = ("inputs", "weights", "outputs")
 @dataclass(frozen=True)
 class PEArray:
     """rows x cols PEs; `registers`: a PE-local register file per operand (entries per PE; an operand absent
-    has none), which serves every MAC's use of that operand inside the array."""
+    has none), which serves every MAC's use of that operand inside the array; `edge_folds`: whether a fold
+    that uses part of the array costs its own rows and columns ("trim") or the whole array's ("full")."""
 
     rows: int = 16
     cols: int = 16
     dataflow: str = "output_stationary"
     registers: dict = field(default_factory=dict)
+    edge_folds: str = "trim"
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ def _validate(spec: AcceleratorSpec) -> None:
     _positive(spec.pe_array.rows, "pe_array.rows")
     _positive(spec.pe_array.cols, "pe_array.cols")
     check_choice(spec.pe_array.dataflow, DATAFLOWS, "pe_array.dataflow")
+    check_choice(spec.pe_array.edge_folds, EDGE_FOLDS, "pe_array.edge_folds")
     for operand, entries in spec.pe_array.registers.items():
         check_choice(operand, REGISTER_OPERANDS, "pe_array.registers")
         if isinstance(entries, bool) or not isinstance(entries, int) or entries <= 0:

@@ -52,6 +52,18 @@ def test_weight_stationary_hand_cases(m, n, k, groups, rows, cols, lanes, expect
     assert gemm_cycles(m, n, k, groups, rows, cols, lanes, WS) == expected
 
 
+@pytest.mark.parametrize("dataflow, load", [(OS, 1), (WS, 2)])
+def test_full_edge_folds_charge_the_whole_array(dataflow, load):
+    # M=5 on R=4, N=3 on C=2, K=4: 2 x 2 folds, each charged T + load*R + C - 2 whatever it uses.
+    m, n, k, rows, cols = 5, 3, 4, 4, 2
+    t, row_dim = (k, m) if dataflow == OS else (m, k)
+    folds = -(-row_dim // rows) * -(-n // cols)
+    assert gemm_cycles(m, n, k, 3, rows, cols, 1, dataflow, "full") == 3 * folds * (t + load * rows + cols - 2)
+    assert gemm_cycles(m, n, k, 1, rows, cols, 1, dataflow, "full") > gemm_cycles(m, n, k, 1, rows, cols, 1, dataflow)
+    with pytest.raises(ValueError, match="edge_folds 'padded'.*trim.*full"):
+        gemm_cycles(m, n, k, 1, rows, cols, 1, dataflow, "padded")
+
+
 def test_utilisation_hand_case():
     # OS, M=N=2, K=4 on 2x2: one fold, 4+2+2-2=6 cycles; 16 MACs -> 16 / (6*2*2*1) = 2/3.
     assert utilisation(2, 2, 4, 1, 2, 2, 1, OS) == pytest.approx(2 / 3)

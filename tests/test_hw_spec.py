@@ -39,6 +39,7 @@ def test_every_preset_loads_with_its_figures():
     ({"technology_nm": 5}, r"technology_nm: must be in 7..180 \(the range of the node-scaling fits\), got 5"),
     ({"vdd_v": -0.8}, r"vdd_v: must be > 0"),
     ({"technology_nm": 180, "vdd_v": 0.5}, r"vdd_v: a supply of 0.5 V is outside the node-scaling fit at 180.0 nm"),
+    ({"pe_array": {"edge_folds": "padded"}}, r"pe_array.edge_folds: unknown value 'padded'"),
     ({"pe_array": {"registers": {"input": 4}}}, r"pe_array.registers: unknown value 'input' \(did you mean 'inputs'\?\)"),
     ({"pe_array": {"registers": {"weights": 0}}}, r"pe_array.registers.weights: must be an integer > 0"),
     ({"pe_array": {"registers": {"outputs": 2.5}}}, r"pe_array.registers.outputs: must be an integer > 0"),

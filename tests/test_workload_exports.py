@@ -136,6 +136,9 @@ def test_cycles_against_scalesims_closed_forms():
     ours = int(gemm_cycles(100, 70, 50, 1, 32, 32, 1, "output_stationary"))  # M = 100: r = 4 on the last row fold
     published = (32 + 32 + 50 - 2) * 4 * 3
     assert ours == published - 3 * (32 - 4) - 4 * (32 - 6) and ours < published
+    # edge_folds "full" charges every fold the whole array, as SCALE-Sim does
+    assert int(gemm_cycles(100, 70, 50, 1, 32, 32, 1, "output_stationary", "full")) == published
+    assert int(gemm_cycles(100, 70, 50, 1, 32, 32, 1, "weight_stationary", "full")) == (2 * 32 + 32 + 100 - 2) * 2 * 3
 
 
 def test_export_workload_cli_writes_every_configuration(tmp_path: Path):
