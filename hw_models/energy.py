@@ -18,6 +18,7 @@ Off-chip DRAM energies (no supply) do not scale.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -103,12 +104,14 @@ def _bracket(node_nm: float) -> tuple[float, float, float]:
     return lower, upper, t
 
 
+@functools.lru_cache(maxsize=256)
 def nominal_vdd(node_nm: float) -> float:
     """The nominal supply at `node_nm`, linear in log(node) between the tabulated nodes."""
     lower, upper, t = _bracket(node_nm)
     return NOMINAL_VDD[lower] + t * (NOMINAL_VDD[upper] - NOMINAL_VDD[lower])
 
 
+@functools.lru_cache(maxsize=256)  # pure, and called for every unit energy of every GEMM priced
 def node_energy_factor(node_nm: float, vdd_v: float) -> float:
     """Stillmaker & Baas's relative energy per operation at (node, supply); > 0 inside the fits' range."""
     lower, upper, t = _bracket(node_nm)
