@@ -277,7 +277,7 @@ def test_layer_energy_bars_add_up_to_each_row_in_execution_order() -> None:
     np.testing.assert_allclose(totals, [sum(energy.values()) / 1000 for _, energy in rows])
     assert ax.yaxis_inverted()  # first layer on top
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == ["dense MACs", "shift-adds", "outlier path", "vector unit", "SRAM", "DRAM"]
+    assert legend == ["dense MACs", "shift-adds", "outlier path", "vector unit", "PE registers", "SRAM", "DRAM"]
     assert "1.8 µJ" in ax.get_title()
 
 
