@@ -90,6 +90,19 @@ def _draw_entries(ax, entries: list[dict], points: list[tuple[float, float]], co
                 markeredgecolor=colours[entry["method"]], zorder=3)
 
 
+def _draw_front_and_fp32(ax, results: dict, points: list[tuple[float, float]]) -> list[Line2D]:
+    """The Pareto front of `points` as a step line (dots on its points, so a one-point front still shows) and
+    FP32's accuracy as a dashed line; returns their legend handles."""
+    front = summary.pareto_front(points)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], drawstyle="steps-post", color="black",
+            linewidth=1.2, marker=".", markersize=5, zorder=2)
+    fp32 = summary.fp32_accuracy(results)
+    ax.axhline(fp32, color="black", linestyle="--", linewidth=1.0, zorder=1)
+    return [Line2D([], [], color="black", linewidth=1.2, marker=".", markersize=5,
+                   label=f"Pareto front ({len(front)} of {len(points)})"),
+            Line2D([], [], color="black", linestyle="--", linewidth=1.0, label=f"FP32 ({fp32:.2f}%)")]
+
+
 def _legend_handles(entries: list[dict], colours: dict[str, str], bits_order: list[str]) -> list[Line2D]:
     present, present_bits = {e["method"] for e in entries}, {e["bits"] for e in entries}
     handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, markerfacecolor="none",
@@ -124,11 +137,7 @@ def accuracy_vs_area(results: dict) -> Figure:
         _centred_text(ax, "no entry has a cost on any accelerator\n(none was exported to an integer program)")
         return fig
     _draw_entries(ax, entries, points, colours, bits_order)
-    front = summary.pareto_front(points)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], drawstyle="steps-post", color="black",
-            linewidth=1.2, marker=".", markersize=5, zorder=2)
-    fp32 = summary.fp32_accuracy(results)
-    ax.axhline(fp32, color="black", linestyle="--", linewidth=1.0, zorder=1)
+    reference = _draw_front_and_fp32(ax, results, points)
     for name, area in columns.items():
         ax.annotate(name, (area, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -4), textcoords="offset points",
                     rotation=90, ha="center", va="top", fontsize=SMALL, color=GRID_COLOUR)
@@ -139,11 +148,8 @@ def accuracy_vs_area(results: dict) -> Figure:
     low, high = ax.get_ylim()
     ax.set_ylim(low, high + 0.3 * (high - low))  # room for the names at the top
     ax.grid(True, color="#e0e0e0", linewidth=0.6, zorder=0)
-    handles = _legend_handles(entries, colours, bits_order)
-    handles += [Line2D([], [], color="black", linewidth=1.2, marker=".", markersize=5,
-                       label=f"Pareto front ({len(front)} of {len(points)})"),
-                Line2D([], [], color="black", linestyle="--", linewidth=1.0, label=f"FP32 ({fp32:.2f}%)")]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
+    fig.legend(handles=_legend_handles(entries, colours, bits_order) + reference, loc="outside right upper",
+               fontsize=9, frameon=False)
     return fig
 
 
@@ -169,12 +175,7 @@ def accuracy_vs_cost(results: dict, accelerator: str, quantity: str) -> Figure:
     points = [(_cost_value(summary.cost_of(e, accelerator), quantity), summary.deployed_accuracy(e, metric))
               for e in entries]
     _draw_entries(ax, entries, points, colours, bits_order)
-    front = summary.pareto_front(points)
-    # Dots on the front's points so a one-point front still shows.
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], drawstyle="steps-post", color="black",
-            linewidth=1.2, marker=".", markersize=5, zorder=2)
-    fp32 = summary.fp32_accuracy(results)
-    ax.axhline(fp32, color="black", linestyle="--", linewidth=1.0, zorder=1)
+    reference = _draw_front_and_fp32(ax, results, points)
     chosen = summary.recommended(results, accelerator)
     max_drop = results["config"]["report"]["max_drop"]
     points_word = "point" if max_drop == 1 else "points"
@@ -190,12 +191,9 @@ def accuracy_vs_cost(results: dict, accelerator: str, quantity: str) -> Figure:
         ax.set_xscale("log")
     ax.margins(x=0.08, y=0.12)
     ax.grid(True, color="#e0e0e0", linewidth=0.6, zorder=0)
-    handles = _legend_handles(entries, colours, bits_order)
-    handles += [Line2D([], [], color="black", linewidth=1.2, marker=".", markersize=5,
-                       label=f"Pareto front ({len(front)} of {len(points)})"),
-                Line2D([], [], color="black", linestyle="--", linewidth=1.0, label=f"FP32 ({fp32:.2f}%)"),
-                Line2D([], [], linestyle="none", marker="o", markersize=13, markerfacecolor="none",
-                       markeredgecolor="black", markeredgewidth=2.0, label=meaning)]
+    handles = _legend_handles(entries, colours, bits_order) + reference
+    handles.append(Line2D([], [], linestyle="none", marker="o", markersize=13, markerfacecolor="none",
+                          markeredgecolor="black", markeredgewidth=2.0, label=meaning))
     fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
     return fig
 
