@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,25 @@ def demo_calibration(calib_images: int, images: int) -> tuple[torch.nn.Module, l
     calib, _ = load_demo_split("calib")
     test, _ = load_demo_split("test")
     return load_model(ModelConfig()).model, [calib[:calib_images]], test[:images]
+
+
+def random_init_workloads(model_name: str, configs: list[tuple[str, int]],
+                          outliers: dict[str, float] | None = None) -> dict:
+    """(method, bits) -> the cost model's workload of a random-init timm model (seed 0), quantized on two
+    random images (ADFQ without ASMO: the workload is what is tested, not the accuracy)."""
+    from adfq_sim.intsim.export import export
+    from adfq_sim.quant.calibrate import quantize_model
+    from adfq_sim.quant.methods import build_recipe
+    from adfq_sim.quant.options import QuantConfig
+    from hw_models.workload import workload
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False).eval()
+    calib = [torch.randn(2, 3, 224, 224)]
+    quant = QuantConfig(adfq=dataclasses.replace(QuantConfig().adfq, asmo=False))
+    return {(method, bits): workload(export(quantize_model(model, build_recipe(method, quant), bits, bits, calib),
+                                            calib), outliers)
+            for method, bits in configs}
 
 
 def calibrated(quantizer, *batches: torch.Tensor):

@@ -7,27 +7,17 @@ import dataclasses
 
 import numpy as np
 import pytest
-import timm
-import torch
 
-from adfq_sim.intsim.export import export
-from adfq_sim.quant.calibrate import quantize_model
-from adfq_sim.quant.methods import build_recipe
-from adfq_sim.quant.options import QuantConfig
 from hw_models.cost import COMPONENTS, cost
 from hw_models.spec import load_spec, preset_names
-from hw_models.workload import workload
+from conftest import random_init_workloads
 
 
 @pytest.fixture(scope="module")
 def deit_small_loads():
-    torch.manual_seed(0)
-    model = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
-    calib = [torch.randn(2, 3, 224, 224)]
-    quant = QuantConfig(adfq=dataclasses.replace(QuantConfig().adfq, asmo=False))
-    return {(method, bits): workload(export(quantize_model(model, build_recipe(method, quant), bits, bits, calib),
-                                            calib), {f"blocks.{i}.qkv_in": 1000.0 for i in range(12)})
-            for method in ("minmax", "adfq") for bits in (8, 4)}
+    return random_init_workloads("deit_small_patch16_224",
+                                 [(method, bits) for method in ("minmax", "adfq") for bits in (8, 4)],
+                                 {f"blocks.{i}.qkv_in": 1000.0 for i in range(12)})
 
 
 @pytest.mark.parametrize("preset", ["edge_npu", "eyeriss_like", "edge_tpu_like"])

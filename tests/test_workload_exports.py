@@ -5,7 +5,6 @@ SCALE-Sim's closed forms where they are meant to."""
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -25,15 +24,12 @@ from hw_models.cost import cost
 from hw_models.dataflow import gemm_cycles
 from hw_models.spec import load_spec
 from hw_models.workload import workload
+from conftest import random_init_workloads
 
 
 @pytest.fixture(scope="module")
 def deit_tiny_w4():
-    torch.manual_seed(0)
-    model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
-    calib = [torch.randn(2, 3, 224, 224)]
-    quant = QuantConfig(adfq=dataclasses.replace(QuantConfig().adfq, asmo=False))
-    return workload(export(quantize_model(model, build_recipe("adfq", quant), 4, 4, calib), calib))
+    return random_init_workloads("deit_tiny_patch16_224", [("adfq", 4)])["adfq", 4]
 
 
 class _TaggedLoader(yaml.SafeLoader):
