@@ -39,7 +39,7 @@ import math
 import numpy as np
 
 from adfq_sim.formats import OUTLIER_BITS
-from hw_models.spec import AcceleratorSpec
+from hw_models.spec import AcceleratorSpec, MacUnit
 
 ALADDIN_NODE_NM = 40.0
 ALADDIN_WIDTH = 32  # the width of Aladdin's characterised integer units
@@ -91,10 +91,14 @@ def _accumulator(bits: int) -> float:
     return _add(bits) + REGISTER_BIT_UM2 * bits
 
 
+def _widest(spec: AcceleratorSpec) -> MacUnit:
+    return max(spec.macs, key=lambda mac: mac.a_bits * mac.w_bits)
+
+
 def pe_um2(spec: AcceleratorSpec) -> float:
     """One PE's area at 40 nm (µm²): its multipliers, accumulators and operand registers."""
     multipliers = sum(mac.lanes * _mult(mac.a_bits, mac.w_bits) for mac in spec.macs)
-    widest = max(spec.macs, key=lambda mac: mac.a_bits * mac.w_bits)
+    widest = _widest(spec)
     accumulators = max(mac.lanes for mac in spec.macs) * _accumulator(spec.accumulator_bits)
     return multipliers + accumulators + REGISTER_BIT_UM2 * (widest.a_bits + widest.w_bits)
 
@@ -112,7 +116,7 @@ def area_mm2(spec: AcceleratorSpec, *, rows: np.ndarray | int | None = None, col
     sram_bit_mm2 = bitcell_um2(spec.technology_nm) / SRAM_ARRAY_EFFICIENCY * 1e-6
     vector_lane = (_mult(VECTOR_BITS, VECTOR_BITS) + _add(VECTOR_BITS) + _shifter(VECTOR_BITS)
                    + REGISTER_BIT_UM2 * VECTOR_BITS)
-    widest = max(spec.macs, key=lambda mac: mac.a_bits * mac.w_bits)
+    widest = _widest(spec)
     width = {"inputs": widest.a_bits, "weights": widest.w_bits, "outputs": acc}
     register_bits = sum(entries * width[operand] for operand, entries in spec.pe_array.registers.items())
     return {

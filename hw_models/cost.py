@@ -334,6 +334,7 @@ def sweep(load: Workload, spec: AcceleratorSpec, *, rows: np.ndarray | int | Non
     latency = cycles / (spec.clock_mhz * 1e6)
     shape = np.shape(cycles)  # every variant, also where area does not depend on an axis (bandwidth)
     area = {c: np.broadcast_to(a, shape) for c, a in area_mm2(spec, rows=rows, cols=cols, sram_kib=outer_kib).items()}
-    return {"area_mm2": sum(area.values()), "area_mm2_by_component": area, "cycles": cycles, "latency_s": latency, "inferences_per_s": 1.0 / latency, "energy_pj": energy,
+    return {"cycles": cycles, "latency_s": latency, "inferences_per_s": 1.0 / latency, "energy_pj": energy,
             "energy_pj_by_component": by_component, "dram_bits": dram_bits,
-            "effective_tops_per_w": 2 * load.macs() / (energy * 1e-12) / 1e12}
+            "effective_tops_per_w": 2 * load.macs() / (energy * 1e-12) / 1e12,
+            "area_mm2": sum(area.values()), "area_mm2_by_component": area}
