@@ -5,8 +5,9 @@ read-write Z [M, N]) with the GEMM's instance sizes; `layers.yaml` lists which l
 and how many times per image (its groups: attention heads, Swin windows), with the operand widths the
 IntegerProgram gives, because a v0.4 problem has no per-operand precision (one `datawidth` per storage
 level of the architecture). The architecture (`arch-<accelerator>.yaml`) is DRAM, the spec's SRAM levels (`smartbuffer_SRAM`,
-outermost first) and a meshX x meshY container of `intmac` PEs at the widest MAC kind; Timeloop cannot
-express the spec's packed MAC lanes, its shift-add lanes or PPOQ's outlier lanes.
+outermost first) and a meshX x meshY container of PEs: the spec's register files (`regfile`, each keeping
+its own data space: inputs A, weights B, outputs Z) and an `intmac` at the widest MAC kind; Timeloop
+cannot express the spec's packed MAC lanes, its shift-add lanes or PPOQ's outlier lanes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from hw_models.spec import AcceleratorSpec
 from hw_models.workload import Workload
 
 DATAWIDTH = 8  # bits per word the architecture's storage levels hold (v0.4: one width per level)
+REGISTER_DATA_SPACES = {"inputs": "A", "weights": "B", "outputs": "Z"}  # a register file's operand -> data space
 
 
 def problem_name(m: int, n: int, k: int) -> str:
@@ -51,6 +53,19 @@ def layers_yaml(load: Workload) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _register_file(operand: str, entries: int, bits: int) -> str:
+    """A PE's register file for one operand, keeping its data space and bypassing the others."""
+    space = REGISTER_DATA_SPACES[operand]
+    others = ", ".join(d for d in REGISTER_DATA_SPACES.values() if d != space)
+    return f"""
+  - !Component
+    name: {operand}_rf
+    class: regfile
+    attributes: {{depth: {entries}, width: {bits}, datawidth: {bits}}}
+    constraints:
+      dataspace: {{keep: [{space}], bypass: [{others}]}}"""
+
+
 def architecture_yaml(spec: AcceleratorSpec) -> str:
     widest = max(spec.macs, key=lambda u: u.a_bits * u.w_bits)
     levels = []
@@ -61,6 +76,9 @@ def architecture_yaml(spec: AcceleratorSpec) -> str:
     class: smartbuffer_SRAM
     attributes: {{depth: {depth}, width: {level.width_bits}, n_banks: {level.banks}, datawidth: {DATAWIDTH}}}""")
     sram = "\n".join(levels)
+    bits = {"inputs": widest.a_bits, "weights": widest.w_bits, "outputs": spec.accumulator_bits}
+    registers = "".join(_register_file(operand, entries, bits[operand])
+                        for operand, entries in spec.pe_array.registers.items())
     return f"""architecture:
   version: 0.4
   nodes:
@@ -76,7 +94,7 @@ def architecture_yaml(spec: AcceleratorSpec) -> str:
 {sram}
   - !Container
     name: PE
-    spatial: {{meshX: {spec.pe_array.cols}, meshY: {spec.pe_array.rows}}}
+    spatial: {{meshX: {spec.pe_array.cols}, meshY: {spec.pe_array.rows}}}{registers}
   - !Component
     name: mac
     class: intmac

@@ -93,6 +93,24 @@ def test_timeloop_problems_per_shape_and_layers_with_widths(deit_tiny_w4):
     assert attributes["depth"] * attributes["width"] == spec.sram[0].size_kib * 1024 * 8
 
 
+def test_timeloop_architecture_carries_the_pe_register_files(deit_tiny_w4):
+    """eyeriss_like's scratchpads as one register file per operand inside the PE, each keeping its data space."""
+    spec = load_spec("eyeriss_like")
+    arch = yaml.load(export_timeloop.files(deit_tiny_w4, spec, "run")["arch-eyeriss_like.yaml"],
+                     Loader=_TaggedLoader)["architecture"]
+    names = [node.get("name") for node in arch["nodes"]]
+    assert names[names.index("PE") + 1:] == ["inputs_rf", "weights_rf", "outputs_rf", "mac"]
+    by_name = {node.get("name"): node for node in arch["nodes"]}
+    for operand, space, width in (("inputs", "A", 16), ("weights", "B", 16), ("outputs", "Z", 32)):
+        node = by_name[f"{operand}_rf"]
+        assert node["attributes"] == {"depth": spec.pe_array.registers[operand], "width": width, "datawidth": width}
+        keep = node["constraints"]["dataspace"]
+        assert keep["keep"] == [space] and sorted(keep["bypass"]) == sorted({"A", "B", "Z"} - {space})
+    plain = yaml.load(export_timeloop.files(deit_tiny_w4, load_spec("edge_npu"), "run")["arch-edge_npu.yaml"],
+                      Loader=_TaggedLoader)["architecture"]
+    assert not [node for node in plain["nodes"] if str(node.get("name")).endswith("_rf")]
+
+
 def test_zigzag_layers_carry_the_programs_operand_precision(deit_tiny_w4):
     spec = load_spec("edge_npu")
     files = export_zigzag.files(deit_tiny_w4, spec, "run")
