@@ -5,8 +5,9 @@ as one layer per group: their right operands differ), `O[b][k]+=I[b][c]*W[c][k]`
 C the inner dimension (K) and K the output features (N), and each layer's `operand_precision` from the
 IntegerProgram: W the right operand's code width, I the left's, O the accumulator (partial sums), O_final
 the width the layer stores. Layers are independent (`operand_source` is the layer itself). Hardware: the
-PE array as a D1 x D2 operational array at the widest MAC kind's energy, the spec's SRAM levels (each
-serving all three operands, one read-write port per operand) and DRAM, and a mapping file with the
+PE array as a D1 x D2 operational array at the widest MAC kind's energy, the spec's PE register files
+(one per operand, in every PE), its SRAM levels (each serving all three operands, one read-write port per
+operand) and DRAM, and a mapping file with the
 spec's dataflow as the spatial mapping, with per-access costs of the cost
 model (`cost.level_pj_per_bit` times the port width). ZigZag has no packed MAC lanes, no shift-add lanes
 for log-coded operands and no PPOQ outlier lanes: every layer is a dense integer GEMM there.
@@ -15,7 +16,7 @@ for log-coded operands and no PPOQ outlier lanes: every layer is a dense integer
 from __future__ import annotations
 
 from adfq_sim.formats import ACCUMULATOR_BITS
-from hw_models.cost import mac_pj, level_pj_per_bit
+from hw_models.cost import level_pj_per_bit, mac_pj, register_pj_per_bit
 from hw_models.spec import AcceleratorSpec
 from hw_models.workload import Workload
 
@@ -67,10 +68,42 @@ def _memory(name: str, size_bits: int, port_bits: int, pj_per_bit: float, top: b
     served_dimensions: [D1, D2]"""
 
 
+REGISTER_OPERANDS = {"inputs": "I1", "weights": "I2", "outputs": "O"}  # a register file's operand -> ZigZag's
+
+
+def _register_file(operand: str, entries: int, bits: int, pj_per_bit: float) -> str:
+    """A PE's register file for one operand (ZigZag: served_dimensions [], one per PE), a read and a write
+    port of one word, costed per word; the output one also passes partial sums up and down."""
+    name = REGISTER_OPERANDS[operand]
+    reads, writes = (["tl", "th"], ["fh", "fl"]) if name == "O" else (["tl"], ["fh"])
+    ports = []
+    for kind, allocation in (("read", reads), ("write", writes)):
+        ports.append(f"""      - name: {kind[0]}_port_1
+        type: {kind}
+        bandwidth_min: {bits}
+        bandwidth_max: {bits}
+        allocation:
+""" + "\n".join(f"          - {name}, {d}" for d in allocation))
+    return f"""  {operand}_rf:
+    size: {entries * bits}
+    r_cost: {pj_per_bit * bits:.6g}
+    w_cost: {pj_per_bit * bits:.6g}
+    area: 0
+    latency: 1
+    auto_cost_extraction: False
+    operands: [{name}]
+    ports:
+""" + "\n".join(ports) + """
+    served_dimensions: []"""
+
+
 def hardware_yaml(spec: AcceleratorSpec) -> str:
     widest = max(spec.macs, key=lambda u: u.a_bits * u.w_bits)
-    memories = [_memory(level.name, int(level.size_kib * 1024 * 8), level.width_bits * level.banks,
-                        float(level_pj_per_bit(spec, level)), False) for level in reversed(spec.sram)]
+    bits = {"inputs": widest.a_bits, "weights": widest.w_bits, "outputs": spec.accumulator_bits}
+    memories = [_register_file(operand, entries, bits[operand], register_pj_per_bit(spec))
+                for operand, entries in spec.pe_array.registers.items()]
+    memories += [_memory(level.name, int(level.size_kib * 1024 * 8), level.width_bits * level.banks,
+                         float(level_pj_per_bit(spec, level)), False) for level in reversed(spec.sram)]
     memories.append(_memory("dram", DRAM_BITS, DRAM_PORT_BITS, spec.dram.pj_per_bit, True))
     body = "\n\n".join(memories)
     return f"""name: {spec.name}

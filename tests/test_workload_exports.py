@@ -111,6 +111,23 @@ def test_timeloop_architecture_carries_the_pe_register_files(deit_tiny_w4):
     assert not [node for node in plain["nodes"] if str(node.get("name")).endswith("_rf")]
 
 
+def test_zigzag_hardware_carries_the_pe_register_files():
+    """eyeriss_like's scratchpads as per-PE memories (served_dimensions []) below the buffer, one operand
+    each, sized entries x width and costed per word at the cost model's register-file energy."""
+    from hw_models.cost import register_pj_per_bit
+
+    spec = load_spec("eyeriss_like")
+    memories = yaml.safe_load(export_zigzag.hardware_yaml(spec))["memories"]
+    assert list(memories) == ["inputs_rf", "weights_rf", "outputs_rf", "global_buffer", "dram"]
+    for operand, name, width in (("inputs", "I1", 16), ("weights", "I2", 16), ("outputs", "O", 32)):
+        memory = memories[f"{operand}_rf"]
+        assert memory["operands"] == [name] and memory["served_dimensions"] == []
+        assert memory["size"] == spec.pe_array.registers[operand] * width
+        assert memory["r_cost"] == pytest.approx(register_pj_per_bit(spec) * width, rel=1e-5)
+    assert list(yaml.safe_load(export_zigzag.hardware_yaml(load_spec("edge_npu")))["memories"]) == [
+        "global_buffer", "dram"]
+
+
 def test_zigzag_layers_carry_the_programs_operand_precision(deit_tiny_w4):
     spec = load_spec("edge_npu")
     files = export_zigzag.files(deit_tiny_w4, spec, "run")
