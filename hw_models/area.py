@@ -39,7 +39,7 @@ import math
 import numpy as np
 
 from adfq_sim.formats import OUTLIER_BITS
-from hw_models.spec import AcceleratorSpec, MacUnit
+from hw_models.spec import AcceleratorSpec
 
 ALADDIN_NODE_NM = 40.0
 ALADDIN_WIDTH = 32  # the width of Aladdin's characterised integer units
@@ -91,14 +91,10 @@ def _accumulator(bits: int) -> float:
     return _add(bits) + REGISTER_BIT_UM2 * bits
 
 
-def _widest(spec: AcceleratorSpec) -> MacUnit:
-    return max(spec.macs, key=lambda mac: mac.a_bits * mac.w_bits)
-
-
 def pe_um2(spec: AcceleratorSpec) -> float:
     """One PE's area at 40 nm (µm²): its multipliers, accumulators and operand registers."""
     multipliers = sum(mac.lanes * _mult(mac.a_bits, mac.w_bits) for mac in spec.macs)
-    widest = _widest(spec)
+    widest = spec.widest_mac
     accumulators = max(mac.lanes for mac in spec.macs) * _accumulator(spec.accumulator_bits)
     return multipliers + accumulators + REGISTER_BIT_UM2 * (widest.a_bits + widest.w_bits)
 
@@ -116,7 +112,7 @@ def area_mm2(spec: AcceleratorSpec, *, rows: np.ndarray | int | None = None, col
     sram_bit_mm2 = bitcell_um2(spec.technology_nm) / SRAM_ARRAY_EFFICIENCY * 1e-6
     vector_lane = (_mult(VECTOR_BITS, VECTOR_BITS) + _add(VECTOR_BITS) + _shifter(VECTOR_BITS)
                    + REGISTER_BIT_UM2 * VECTOR_BITS)
-    widest = _widest(spec)
+    widest = spec.widest_mac
     width = {"inputs": widest.a_bits, "weights": widest.w_bits, "outputs": acc}
     register_bits = sum(entries * width[operand] for operand, entries in spec.pe_array.registers.items())
     return {

@@ -67,7 +67,7 @@ def _register_file(operand: str, entries: int, bits: int) -> str:
 
 
 def architecture_yaml(spec: AcceleratorSpec) -> str:
-    widest = max(spec.macs, key=lambda u: u.a_bits * u.w_bits)
+    widest = spec.widest_mac
     levels = []
     for level in spec.sram:
         depth = int(level.size_kib * 1024 * 8 // level.width_bits)

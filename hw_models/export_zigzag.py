@@ -98,7 +98,7 @@ def _register_file(operand: str, entries: int, bits: int, pj_per_bit: float) -> 
 
 
 def hardware_yaml(spec: AcceleratorSpec) -> str:
-    widest = max(spec.macs, key=lambda u: u.a_bits * u.w_bits)
+    widest = spec.widest_mac
     bits = {"inputs": widest.a_bits, "weights": widest.w_bits, "outputs": spec.accumulator_bits}
     memories = [_register_file(operand, entries, bits[operand], register_pj_per_bit(spec))
                 for operand, entries in spec.pe_array.registers.items()]

@@ -87,6 +87,12 @@ class AcceleratorSpec:
     energy_pj: dict = field(default_factory=dict)  # unit-energy overrides by UNIT_ENERGY name, at this node
 
     @property
+    def widest_mac(self) -> MacUnit:
+        """The MAC kind with the widest operands (a_bits x w_bits): the one the PE's registers and the
+        peer tools' single MAC are sized for."""
+        return max(self.macs, key=lambda mac: mac.a_bits * mac.w_bits)
+
+    @property
     def supply_v(self) -> float:
         """The supply the energies scale to: `vdd_v`, else the node's nominal."""
         return nominal_vdd(self.technology_nm) if self.vdd_v is None else self.vdd_v
