@@ -113,8 +113,7 @@ def area_mm2(spec: AcceleratorSpec, *, rows: np.ndarray | int | None = None, col
     vector_lane = (_mult(VECTOR_BITS, VECTOR_BITS) + _add(VECTOR_BITS) + _shifter(VECTOR_BITS)
                    + REGISTER_BIT_UM2 * VECTOR_BITS)
     widest = spec.widest_mac
-    width = {"inputs": widest.a_bits, "weights": widest.w_bits, "outputs": acc}
-    register_bits = sum(entries * width[operand] for operand, entries in spec.pe_array.registers.items())
+    register_bits = sum(spec.pe_array.registers[operand] * bits for operand, bits in spec.register_bits.items())
     return {
         "mac_array": rows * cols * pe_um2(spec) * logic,
         "registers": rows * cols * register_bits * sram_bit_mm2,

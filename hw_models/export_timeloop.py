@@ -76,9 +76,8 @@ def architecture_yaml(spec: AcceleratorSpec) -> str:
     class: smartbuffer_SRAM
     attributes: {{depth: {depth}, width: {level.width_bits}, n_banks: {level.banks}, datawidth: {DATAWIDTH}}}""")
     sram = "\n".join(levels)
-    bits = {"inputs": widest.a_bits, "weights": widest.w_bits, "outputs": spec.accumulator_bits}
-    registers = "".join(_register_file(operand, entries, bits[operand])
-                        for operand, entries in spec.pe_array.registers.items())
+    registers = "".join(_register_file(operand, spec.pe_array.registers[operand], bits)
+                        for operand, bits in spec.register_bits.items())
     return f"""architecture:
   version: 0.4
   nodes:

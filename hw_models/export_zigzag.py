@@ -99,9 +99,8 @@ def _register_file(operand: str, entries: int, bits: int, pj_per_bit: float) -> 
 
 def hardware_yaml(spec: AcceleratorSpec) -> str:
     widest = spec.widest_mac
-    bits = {"inputs": widest.a_bits, "weights": widest.w_bits, "outputs": spec.accumulator_bits}
-    memories = [_register_file(operand, entries, bits[operand], register_pj_per_bit(spec))
-                for operand, entries in spec.pe_array.registers.items()]
+    memories = [_register_file(operand, spec.pe_array.registers[operand], bits, register_pj_per_bit(spec))
+                for operand, bits in spec.register_bits.items()]
     memories += [_memory(level.name, int(level.size_kib * 1024 * 8), level.width_bits * level.banks,
                          float(level_pj_per_bit(spec, level)), False) for level in reversed(spec.sram)]
     memories.append(_memory("dram", DRAM_BITS, DRAM_PORT_BITS, spec.dram.pj_per_bit, True))

@@ -93,6 +93,13 @@ class AcceleratorSpec:
         return max(self.macs, key=lambda mac: mac.a_bits * mac.w_bits)
 
     @property
+    def register_bits(self) -> dict[str, int]:
+        """Bits per entry of each register file the spec has: inputs and weights at the widest MAC kind's
+        operand widths, outputs (partial sums) at accumulator_bits."""
+        width = {"inputs": self.widest_mac.a_bits, "weights": self.widest_mac.w_bits, "outputs": self.accumulator_bits}
+        return {operand: width[operand] for operand in self.pe_array.registers}
+
+    @property
     def supply_v(self) -> float:
         """The supply the energies scale to: `vdd_v`, else the node's nominal."""
         return nominal_vdd(self.technology_nm) if self.vdd_v is None else self.vdd_v
