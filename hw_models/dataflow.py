@@ -15,33 +15,34 @@ Output-stationary PEs drain their outputs through a second (shadow) register whi
 accumulates, so the drain overlaps the next fold's streaming and costs no cycles of its own; the last
 fold's drain overlaps the next layer's first fold. (SCALE-Sim's output-stationary simulation overlaps it
 the same way; charging it, R cycles per fold, put us 14 % above SCALE-Sim on 64-deep attention GEMMs.)
-Edge folds use only the rows/columns they need (r = M mod R, not R). The two dataflows differ in which
-dimension sits where and in the weight load:
+The two dataflows differ in which dimension sits where and in the weight load:
 
     output-stationary: rows <- M, columns <- N, T = K'   fold = T + r + c - 2
     weight-stationary: rows <- K', columns <- N, T = M   fold = T + 2r + c - 2
 
-Summing fold(r_i, c_j, T) over all row folds i (F_r = ceil(D_r / R) of them, their r_i summing to D_r)
-and column folds j (F_c = ceil(D_c / C), c_j summing to D_c) gives the closed form
+Edge folds (`edge_folds`), the last row or column fold of a dimension that is not a multiple of the array:
+- "full" (the spec's default) charges every fold the whole array, r = R and c = C, as SCALE-Sim simulates
+  it: in a systolic array without row or column bypass the unused PEs still pass operands and partial
+  sums through. cycles = groups * F_r * F_c * (T + w R + C - 2), with F_r = ceil(D_r / R) and F_c =
+  ceil(D_c / C) the fold counts (D_r = M for OS, K' for WS; D_c = N), w = 1 (OS) or 2 (WS). An array too big for a GEMM pays for it, which is
+  what a sweep over array shapes has to show.
+- "trim" charges an edge fold its real rows and columns (r = D_r mod R), an array that bypasses its
+  unused PEs. Summing fold(r_i, c_j, T) over the folds (the r_i summing to D_r, the c_j to D_c) gives
 
-    cycles = groups * [F_r * F_c * (T - 2) + w * D_r * F_c + D_c * F_r],   w = 1 (OS) or 2 (WS)
+    cycles = groups * [F_r * F_c * (T - 2) + w * D_r * F_c + D_c * F_r]
 
-`edge_folds: full` instead charges every fold the whole array, fold = T + w R + C - 2, as SCALE-Sim
-simulates it (unused PEs still pass operands and sums through); cycles = groups * F_r * F_c * (T + w R +
-C - 2). It matches SCALE-Sim to a cycle per GEMM but gives up the first property below: with the same
-fold counts a bigger array then takes longer.
-
-Why the required properties hold exactly (for the default, trim):
-- A bigger array never adds cycles. Growing R changes only F_r (non-increasing), and cycles are linear in
-  F_r with coefficient F_c * (T - 2) + D_c >= D_c - F_c >= 0 (T >= 1, F_c <= D_c); likewise for C with
-  coefficient F_r * (T - 2) + w * D_r >= D_r - F_r >= 0. This is why edge folds cost with their true
-  r, c: charging a full R would make a larger array pay for an emptier last fold.
-- More lanes never add cycles. K' is non-increasing in lanes. OS: K' = T, coefficient F_r * F_c > 0.
-  WS: rewrite the bracket as F_r * F_c * (M - 1) + F_c * (2K' - F_r) + N * F_r; K' and F_r = ceil(K'/R)
-  never rise, and 2K' - F_r (= sum of 2r_i - 1) is non-decreasing in K'.
-- No faster than peak. Each fold costs >= T cycles (r + c - 2 >= 0) and performs at most
+Why the properties hold exactly:
+- More lanes never add cycles (both). K' is non-increasing in lanes. full: OS T = K' and the fold counts
+  do not rise; WS F_r = ceil(K' / R) does not rise, T = M fixed. trim: OS K' = T, coefficient
+  F_r * F_c > 0; WS: rewrite the bracket as F_r * F_c * (M - 1) + F_c * (2K' - F_r) + N * F_r; K' and
+  F_r never rise, and 2K' - F_r (= sum of 2r_i - 1) is non-decreasing in K'.
+- No faster than peak (both). Each fold costs >= T cycles (r + c - 2 >= 0) and performs at most
   r * c * lanes * T <= R * C * lanes * T MACs, so cycles >= MACs / (R * C * lanes), i.e. utilisation
   MACs / (cycles * R * C * lanes) lies in (0, 1].
+- trim only: a bigger array never adds cycles. Growing R changes only F_r (non-increasing), and cycles
+  are linear in F_r with coefficient F_c * (T - 2) + D_c >= D_c - F_c >= 0 (T >= 1, F_c <= D_c); likewise
+  for C with coefficient F_r * (T - 2) + w * D_r >= D_r - F_r >= 0. Under full, with the same fold
+  counts, a bigger array takes longer.
 """
 
 from __future__ import annotations
@@ -79,10 +80,10 @@ def gemm_cycles(
     cols: ArrayLike,
     lanes: ArrayLike,
     dataflow: str,
-    edge_folds: str = "trim",
+    edge_folds: str,
 ) -> np.ndarray:
     """Compute cycles (int64, broadcast over all arguments) of `groups` [m, k] x [k, n] GEMMs; `edge_folds`
-    "trim" charges an edge fold its real rows and columns, "full" the whole array's (SCALE-Sim's count)."""
+    "full" charges an edge fold the whole array (SCALE-Sim's count), "trim" its real rows and columns."""
     if dataflow not in DATAFLOWS:
         raise ValueError(f"unknown dataflow {dataflow!r}; choose one of {DATAFLOWS}")
     if edge_folds not in EDGE_FOLDS:
@@ -111,7 +112,7 @@ def utilisation(
     cols: ArrayLike,
     lanes: ArrayLike,
     dataflow: str,
-    edge_folds: str = "trim",
+    edge_folds: str,
 ) -> np.ndarray:
     """MACs / (cycles * rows * cols * lanes): the fraction of peak MAC throughput used, in (0, 1]."""
     cycles = gemm_cycles(m, n, k, groups, rows, cols, lanes, dataflow, edge_folds)

@@ -28,13 +28,14 @@ REGISTER_OPERANDS = ("inputs", "weights", "outputs")
 class PEArray:
     """rows x cols PEs; `registers`: a PE-local register file per operand (entries per PE; an operand absent
     has none), which serves every MAC's use of that operand inside the array; `edge_folds`: whether a fold
-    that uses part of the array costs its own rows and columns ("trim") or the whole array's ("full")."""
+    that uses part of the array costs the whole array's rows and columns ("full", SCALE-Sim's count: no PE
+    bypass) or only its own ("trim")."""
 
     rows: int = 16
     cols: int = 16
     dataflow: str = "output_stationary"
     registers: dict = field(default_factory=dict)
-    edge_folds: str = "trim"
+    edge_folds: str = "full"
 
 
 @dataclass(frozen=True)

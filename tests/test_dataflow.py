@@ -2,7 +2,8 @@
 
 Hand cases sum a fold's cycles over folds (see hw_models.dataflow), with K' = ceil(K / lanes): OS maps
 rows <- M, T = K', fold = T + r + c - 2 (the drain overlaps the next fold); WS maps rows <- K', T = M,
-fold = T + 2r + c - 2 (the weights shifted in first); columns <- N for both.
+fold = T + 2r + c - 2 (the weights shifted in first); columns <- N for both. With edge_folds "trim" r and
+c are a fold's real rows and columns, with "full" (the spec's default) the whole array's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw_models.dataflow import DATAFLOWS, gemm_cycles, utilisation
+from hw_models.dataflow import DATAFLOWS, EDGE_FOLDS, gemm_cycles, utilisation
 
 OS, WS = DATAFLOWS
 
@@ -32,7 +33,7 @@ OS, WS = DATAFLOWS
     ],
 )
 def test_output_stationary_hand_cases(m, n, k, groups, rows, cols, lanes, expected):
-    assert gemm_cycles(m, n, k, groups, rows, cols, lanes, OS) == expected
+    assert gemm_cycles(m, n, k, groups, rows, cols, lanes, OS, "trim") == expected
 
 
 @pytest.mark.parametrize(
@@ -49,7 +50,7 @@ def test_output_stationary_hand_cases(m, n, k, groups, rows, cols, lanes, expect
     ],
 )
 def test_weight_stationary_hand_cases(m, n, k, groups, rows, cols, lanes, expected):
-    assert gemm_cycles(m, n, k, groups, rows, cols, lanes, WS) == expected
+    assert gemm_cycles(m, n, k, groups, rows, cols, lanes, WS, "trim") == expected
 
 
 @pytest.mark.parametrize("dataflow, load", [(OS, 1), (WS, 2)])
@@ -59,30 +60,32 @@ def test_full_edge_folds_charge_the_whole_array(dataflow, load):
     t, row_dim = (k, m) if dataflow == OS else (m, k)
     folds = -(-row_dim // rows) * -(-n // cols)
     assert gemm_cycles(m, n, k, 3, rows, cols, 1, dataflow, "full") == 3 * folds * (t + load * rows + cols - 2)
-    assert gemm_cycles(m, n, k, 1, rows, cols, 1, dataflow, "full") > gemm_cycles(m, n, k, 1, rows, cols, 1, dataflow)
+    assert gemm_cycles(m, n, k, 1, rows, cols, 1, dataflow, "full") > gemm_cycles(m, n, k, 1, rows, cols, 1, dataflow,
+                                                                                   "trim")
     with pytest.raises(ValueError, match="edge_folds 'padded'.*trim.*full"):
         gemm_cycles(m, n, k, 1, rows, cols, 1, dataflow, "padded")
 
 
 def test_utilisation_hand_case():
     # OS, M=N=2, K=4 on 2x2: one fold, 4+2+2-2=6 cycles; 16 MACs -> 16 / (6*2*2*1) = 2/3.
-    assert utilisation(2, 2, 4, 1, 2, 2, 1, OS) == pytest.approx(2 / 3)
+    assert utilisation(2, 2, 4, 1, 2, 2, 1, OS, "full") == pytest.approx(2 / 3)
 
 
 def test_broadcasts_over_array_shapes():
     rows = np.array([[1], [2], [4], [8]])
     cols = np.array([1, 2, 4, 8, 16])
     for dataflow in DATAFLOWS:
-        swept = gemm_cycles(197, 64, 192, 3, rows, cols, 1, dataflow)
-        assert swept.shape == (4, 5) and swept.dtype == np.int64
-        for i, r in enumerate(rows[:, 0]):
-            for j, c in enumerate(cols):
-                assert swept[i, j] == gemm_cycles(197, 64, 192, 3, int(r), int(c), 1, dataflow)
+        for edge_folds in EDGE_FOLDS:
+            swept = gemm_cycles(197, 64, 192, 3, rows, cols, 1, dataflow, edge_folds)
+            assert swept.shape == (4, 5) and swept.dtype == np.int64
+            for i, r in enumerate(rows[:, 0]):
+                for j, c in enumerate(cols):
+                    assert swept[i, j] == gemm_cycles(197, 64, 192, 3, int(r), int(c), 1, dataflow, edge_folds)
 
 
 def test_unknown_dataflow_names_it_and_the_choices():
     with pytest.raises(ValueError, match="row_stationary.*output_stationary.*weight_stationary"):
-        gemm_cycles(1, 1, 1, 1, 1, 1, 1, "row_stationary")
+        gemm_cycles(1, 1, 1, 1, 1, 1, 1, "row_stationary", "full")
 
 
 @pytest.mark.parametrize("position", range(7))
@@ -91,51 +94,65 @@ def test_non_positive_sizes_rejected(position, bad):
     args = [4] * 7
     args[position] = bad
     with pytest.raises(ValueError, match="positive"):
-        gemm_cycles(*args, OS)
+        gemm_cycles(*args, OS, "full")
 
 
 def test_non_integer_sizes_rejected():
     with pytest.raises(ValueError, match="integer"):
-        gemm_cycles(4.0, 4, 4, 1, 4, 4, 1, OS)
+        gemm_cycles(4.0, 4, 4, 1, 4, 4, 1, OS, "full")
 
 
 size = st.integers(1, 300)
 small = st.integers(1, 4)
 grow = st.integers(1, 40)
 dataflow = st.sampled_from(DATAFLOWS)
+edge = st.sampled_from(EDGE_FOLDS)
 
 
 @settings(max_examples=300, deadline=None)
 @given(m=size, n=size, k=size, groups=small, rows=size, cols=size, lanes=small, extra=grow, df=dataflow)
-def test_bigger_array_never_adds_cycles(m, n, k, groups, rows, cols, lanes, extra, df):
-    base = gemm_cycles(m, n, k, groups, rows, cols, lanes, df)
-    assert gemm_cycles(m, n, k, groups, rows + extra, cols, lanes, df) <= base
-    assert gemm_cycles(m, n, k, groups, rows, cols + extra, lanes, df) <= base
-
-
-@settings(max_examples=300, deadline=None)
-@given(m=size, n=size, k=size, groups=small, rows=size, cols=size, lanes=small, extra=small, df=dataflow)
-def test_more_lanes_never_add_cycles(m, n, k, groups, rows, cols, lanes, extra, df):
-    assert gemm_cycles(m, n, k, groups, rows, cols, lanes + extra, df) <= gemm_cycles(
-        m, n, k, groups, rows, cols, lanes, df
-    )
+def test_bigger_array_never_adds_cycles_with_trimmed_edge_folds(m, n, k, groups, rows, cols, lanes, extra, df):
+    base = gemm_cycles(m, n, k, groups, rows, cols, lanes, df, "trim")
+    assert gemm_cycles(m, n, k, groups, rows + extra, cols, lanes, df, "trim") <= base
+    assert gemm_cycles(m, n, k, groups, rows, cols + extra, lanes, df, "trim") <= base
 
 
 @settings(max_examples=300, deadline=None)
 @given(m=size, n=size, k=size, groups=small, rows=size, cols=size, lanes=small, df=dataflow)
-def test_no_faster_than_peak_and_utilisation_in_unit_interval(m, n, k, groups, rows, cols, lanes, df):
-    cycles = gemm_cycles(m, n, k, groups, rows, cols, lanes, df)
+def test_full_edge_folds_never_cost_less_than_trimmed_and_equal_them_on_whole_folds(m, n, k, groups, rows, cols,
+                                                                                   lanes, df):
+    full, trim = (gemm_cycles(m, n, k, groups, rows, cols, lanes, df, e) for e in ("full", "trim"))
+    assert full >= trim
+    # tile the array exactly (rows and columns multiples of the array): no edge fold, the two agree
+    inner = rows * lanes * k if df == WS else k * lanes
+    m_whole = m if df == WS else rows * m
+    assert gemm_cycles(m_whole, cols * n, inner, groups, rows, cols, lanes, df, "full") == gemm_cycles(
+        m_whole, cols * n, inner, groups, rows, cols, lanes, df, "trim")
+
+
+@settings(max_examples=300, deadline=None)
+@given(m=size, n=size, k=size, groups=small, rows=size, cols=size, lanes=small, extra=small, df=dataflow, e=edge)
+def test_more_lanes_never_add_cycles(m, n, k, groups, rows, cols, lanes, extra, df, e):
+    assert gemm_cycles(m, n, k, groups, rows, cols, lanes + extra, df, e) <= gemm_cycles(
+        m, n, k, groups, rows, cols, lanes, df, e
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(m=size, n=size, k=size, groups=small, rows=size, cols=size, lanes=small, df=dataflow, e=edge)
+def test_no_faster_than_peak_and_utilisation_in_unit_interval(m, n, k, groups, rows, cols, lanes, df, e):
+    cycles = gemm_cycles(m, n, k, groups, rows, cols, lanes, df, e)
     assert cycles.dtype == np.int64
     # Integer form of cycles >= MACs / (R * C * lanes): exact, no float rounding.
     assert int(cycles) * rows * cols * lanes >= groups * m * n * k
-    util = utilisation(m, n, k, groups, rows, cols, lanes, df)
+    util = utilisation(m, n, k, groups, rows, cols, lanes, df, e)
     assert 0 < util <= 1
 
 
 @settings(max_examples=50, deadline=None)
 @given(m=size, n=size, k=size, groups=small, lanes=small, df=dataflow)
-def test_monotone_along_a_vectorised_sweep(m, n, k, groups, lanes, df):
-    # The same properties as one broadcast call: cycles never rise along either array axis.
+def test_monotone_along_a_vectorised_sweep_with_trimmed_edge_folds(m, n, k, groups, lanes, df):
+    # The same property as one broadcast call: cycles never rise along either array axis.
     dims = np.arange(1, 65)
-    swept = gemm_cycles(m, n, k, groups, dims[:, None], dims[None, :], lanes, df)
+    swept = gemm_cycles(m, n, k, groups, dims[:, None], dims[None, :], lanes, df, "trim")
     assert np.all(np.diff(swept, axis=0) <= 0) and np.all(np.diff(swept, axis=1) <= 0)

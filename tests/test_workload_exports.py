@@ -152,22 +152,25 @@ def test_cycles_against_scalesims_closed_forms():
     """SCALE-Sim (Samajdar et al., ISPASS 2020) runs a weight-stationary fold of an R x C array in
     2R + C + T - 2 cycles and an output-stationary one in R + C + T - 2 (the drain overlaps the next fold);
     its simulations report that times the folds, less one (measured with scalesim 3.0.0). Ours charges
-    the same per full fold, and an edge fold with its real rows r and columns c (less than SCALE-Sim)."""
+    the same per fold (edge_folds "full", the default); with "trim" an edge fold costs its real rows r and
+    columns c (less than SCALE-Sim)."""
     for rows, cols, m, n, k in ((16, 16, 64, 48, 32), (32, 32, 256, 128, 256), (12, 14, 120, 56, 48)):
         # full folds: weight-stationary maps K on the rows, N on the columns and streams M; output-stationary
         # maps M on the rows, N on the columns and streams K
         for dataflow, s_r, s_c, t, load in (("weight_stationary", k, n, m, 2), ("output_stationary", m, n, k, 1)):
             folds = (s_r // rows) * (s_c // cols)
             assert s_r % rows == 0 and s_c % cols == 0
-            assert int(gemm_cycles(m, n, k, 1, rows, cols, 1, dataflow)) == (load * rows + cols + t - 2) * folds
-    # an edge fold costs its real rows and columns: 100 x 70 (K = 50) on 32 x 32
-    ours = int(gemm_cycles(100, 70, 50, 1, 32, 32, 1, "weight_stationary"))
+            for edge_folds in ("full", "trim"):
+                assert int(gemm_cycles(m, n, k, 1, rows, cols, 1, dataflow, edge_folds)) == \
+                    (load * rows + cols + t - 2) * folds
+    # trimmed, an edge fold costs its real rows and columns: 100 x 70 (K = 50) on 32 x 32
+    ours = int(gemm_cycles(100, 70, 50, 1, 32, 32, 1, "weight_stationary", "trim"))
     published = (2 * 32 + 32 + 100 - 2) * 2 * 3
     assert ours == published - 3 * 2 * (32 - 18) - 2 * (32 - 6) and ours < published
-    ours = int(gemm_cycles(100, 70, 50, 1, 32, 32, 1, "output_stationary"))  # M = 100: r = 4 on the last row fold
+    ours = int(gemm_cycles(100, 70, 50, 1, 32, 32, 1, "output_stationary", "trim"))  # M = 100: r = 4 on the last fold
     published = (32 + 32 + 50 - 2) * 4 * 3
     assert ours == published - 3 * (32 - 4) - 4 * (32 - 6) and ours < published
-    # edge_folds "full" charges every fold the whole array, as SCALE-Sim does
+    # "full" charges every fold the whole array, as SCALE-Sim does
     assert int(gemm_cycles(100, 70, 50, 1, 32, 32, 1, "output_stationary", "full")) == published
     assert int(gemm_cycles(100, 70, 50, 1, 32, 32, 1, "weight_stationary", "full")) == (2 * 32 + 32 + 100 - 2) * 2 * 3
 
@@ -207,5 +210,6 @@ def test_demo_priced_cycles_stay_what_the_exported_shapes_give():
     per_gemm: dict[str, int] = {}
     for name, g in rows:
         per_gemm[g.name] = per_gemm.get(g.name, 0) + int(gemm_cycles(g.m, g.n, g.k, 1, spec.pe_array.rows,
-                                                                      spec.pe_array.cols, 1, spec.pe_array.dataflow))
+                                                                      spec.pe_array.cols, 1, spec.pe_array.dataflow,
+                                                                      spec.pe_array.edge_folds))
     assert per_gemm == priced and np.all(np.array(list(priced.values())) > 0)
