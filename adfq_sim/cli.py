@@ -24,20 +24,23 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _config(args: argparse.Namespace):
-    """The validated config, with --out / --seed / --executor overriding the file."""
+    """The validated config, with --out / --seed / --executor / --hardware overriding the file; checked
+    before the command imports torch, so bad input answers at once."""
     from adfq_sim.config import load_config
 
-    overrides = {key: value for key, value in (("out", args.out), ("seed", args.seed)) if value is not None}
+    overrides = {key: value for key, value in (("out", args.out), ("seed", args.seed),
+                                               ("hardware", getattr(args, "hardware", None))) if value is not None}
     if getattr(args, "executor", None) is not None:
         overrides["executor"] = {"kind": args.executor}
     return load_config(args.config, overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args)
     from adfq_sim.pipeline import run_experiment
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
-    folder = run_experiment(_config(args), mode)
+    folder = run_experiment(config, mode)
     print(folder / "results.json")
     return 0
 
@@ -46,9 +49,12 @@ EXIT_MISMATCH = 1
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.program is not None and not args.program.is_file():
+        raise UserInputError(f"{args.program}: no such program file")
     from adfq_sim.verification import run_verification
 
-    path, mismatches = run_verification(_config(args), args.program)
+    path, mismatches = run_verification(config, args.program)
     print(path)
     if mismatches:
         print(f"adfq-sim: {mismatches} mismatched codes between the simulator and the integer-faithful "
@@ -58,16 +64,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_cost(args: argparse.Namespace) -> int:
+    config = _config(args)
     from adfq_sim.costing import run_cost
 
-    print(run_cost(_config(args), args.hardware))
+    print(run_cost(config))
     return 0
 
 
 def _cmd_export_workload(args: argparse.Namespace) -> int:
+    config = _config(args)
     from adfq_sim.workload_export import run_export
 
-    print(run_export(_config(args), args.format, args.hardware))
+    print(run_export(config, args.format))
     return 0
 
 

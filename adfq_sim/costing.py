@@ -60,10 +60,10 @@ def _cost_one(model: torch.nn.Module, cfg: Config, specs: list[AcceleratorSpec],
     return entries
 
 
-def run_cost(cfg: Config, hardware: str | None = None) -> Path:
-    """Price every configured (method, bits) on `hardware` (default: the config's accelerators, one entry
-    per accelerator); returns cost.json's path."""
-    specs = load_specs(cfg.hardware if hardware is None else hardware)
+def run_cost(cfg: Config) -> Path:
+    """Price every configured (method, bits) on the config's accelerators (one entry per accelerator);
+    returns cost.json's path."""
+    specs = load_specs(cfg.hardware)
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg.model)
     data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)

@@ -89,8 +89,6 @@ def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, cal
 
 def _verify_saved(path: Path, images: torch.Tensor) -> dict:
     """Verify a program file (from a previous `verify`) on the config's eval images."""
-    if not path.is_file():
-        raise UserInputError(f"{path}: no such program file")
     try:
         program = load_program(path)
     except (OSError, ValueError) as exc:

@@ -37,10 +37,10 @@ def write_files(folder: Path, files: dict[str, str]) -> None:
         path.write_text(text)
 
 
-def run_export(cfg: Config, fmt: str, hardware: str | None = None) -> Path:
-    """Write every configured (method, bits) in `fmt` with each accelerator's hardware file (the config's,
-    or `hardware`); returns the format folder."""
-    specs = load_specs(cfg.hardware if hardware is None else hardware)
+def run_export(cfg: Config, fmt: str) -> Path:
+    """Write every configured (method, bits) in `fmt` with each accelerator's hardware file (the config's
+    accelerators); returns the format folder."""
+    specs = load_specs(cfg.hardware)
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg.model)
     data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)

@@ -211,3 +211,22 @@ def test_cost_command_prices_each_program_per_layer(tmp_path: Path) -> None:
     assert "blocks.0.attn.qkv" in proc.stderr and "total" in proc.stderr  # the per-layer table
     proc = _cli("cost", "--config", "c.yaml", "--hardware", "edge_npv", cwd=tmp_path)
     assert proc.returncode == 2 and "did you mean 'edge_npu'" in proc.stderr and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--config", "bad.yaml"],
+    ["verify", "--config", "bad.yaml"],
+    ["cost", "--config", "ok.yaml", "--hardware", "edge_npv"],
+    ["export-workload", "--config", "ok.yaml", "--format", "zigzag", "--hardware", "edge_npv"],
+    ["verify", "--config", "ok.yaml", "--program", "missing.npz"],
+])
+def test_bad_input_is_refused_before_torch_is_imported(tmp_path: Path, argv: list[str]):
+    """Importing torch costs seconds; every check of the config and the command line comes first."""
+    (tmp_path / "bad.yaml").write_text("quant:\n  methds: [minmax]\n")
+    (tmp_path / "ok.yaml").write_text("hardware: edge_npu\n")
+    probe = ("import sys\nfrom adfq_sim.cli import main\nrc = main(sys.argv[1:])\n"
+             "print(rc, 'torch' in sys.modules, 'timm' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.split() == ["2", "False", "False"], proc.stderr
+    assert not (tmp_path / "runs").exists()
