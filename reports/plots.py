@@ -24,12 +24,17 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from adfq_sim import formats
+from adfq_sim.quant.options import METHOD_NAMES
 from hw_models.cost import COMPONENTS
 from reports import summary
 
-# One colour per method, assigned in config order (tab10), shared by every figure.
+# One colour per method (tab10), shared by every figure and every run: the known methods in
+# METHOD_NAMES's order, other names after them in order of appearance.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
+# Every entry's marker has this size; the k-th of several entries at the same point one RING_STEP
+# larger per k, so coinciding points show as concentric rings.
+MARKER_SIZE, RING_STEP = 8.0, 4.0
 # One marker per bit-width, in config order.
 BIT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
 # One hatch per bit-width where bars stand for entries (same method colour, bits told apart).
@@ -54,10 +59,13 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _method_colours(results: dict) -> dict[str, str]:
-    """Method -> colour, in config order, so a method has the same colour in every figure."""
+    """Method -> colour, fixed per method name whatever the config's order, so a method has the same
+    colour in every figure of every run; listed in config order."""
     methods = list(results["config"]["quant"]["methods"])
     methods += [e["method"] for e in results["results"] if e["method"] not in methods]
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(dict.fromkeys(methods))}
+    others = [m for m in dict.fromkeys(methods) if m not in METHOD_NAMES]
+    slot = {m: i for i, m in enumerate((*METHOD_NAMES, *others))}
+    return {m: PALETTE[slot[m] % len(PALETTE)] for m in dict.fromkeys(methods)}
 
 
 def _bits_order(results: dict) -> list[str]:
@@ -80,13 +88,15 @@ def _cost_value(cost: dict, quantity: str) -> float:
 
 def _draw_entries(ax, entries: list[dict], points: list[tuple[float, float]], colours: dict[str, str],
                   bits_order: list[str]) -> None:
-    """One hollow marker per entry: colour the method, shape the bit-width, size by method so that
-    coinciding points show as concentric rings."""
-    methods = list(colours)
+    """One hollow marker per entry, all of one size: colour the method, shape the bit-width; where several
+    entries share a point (to 6 significant digits), each one after the first is a ring larger."""
+    seen: dict[tuple[str, str], int] = {}
     for entry, (x, y) in zip(entries, points):
-        rank = methods.index(entry["method"])
+        place = (f"{x:.6g}", f"{y:.6g}")
+        ring = seen.get(place, 0)
+        seen[place] = ring + 1
         ax.plot([x], [y], linestyle="none", marker=BIT_MARKERS[bits_order.index(entry["bits"]) % len(BIT_MARKERS)],
-                markersize=max(5.0, 18.0 - 2.5 * rank), markerfacecolor="none", markeredgewidth=1.6,
+                markersize=MARKER_SIZE + RING_STEP * ring, markerfacecolor="none", markeredgewidth=1.6,
                 markeredgecolor=colours[entry["method"]], zorder=3)
 
 
@@ -156,8 +166,8 @@ def accuracy_vs_area(results: dict) -> Figure:
 def accuracy_vs_cost(results: dict, accelerator: str, quantity: str) -> Figure:
     """Deployed accuracy of each (method, bits) against its cost on one accelerator, with the Pareto front.
 
-    Entries often coincide (methods that share a format cost the same and may score the same), so each
-    method draws a hollow marker of its own size: coinciding points show as concentric rings.
+    Entries often coincide (methods that share a format cost the same and may score the same): every
+    marker is hollow and of one size, and each further entry at the same point a larger ring.
     """
     if quantity not in QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; expected one of {sorted(QUANTITIES)}")
@@ -507,10 +517,12 @@ def verification(results: dict) -> Figure:
     verifies = [e["integer_evaluation"]["verify"] for e in entries]
     images = sorted({v["images"] for v in verifies})
     image_text = f"{images[0]}" if len(images) == 1 else f"{images[0]}-{images[-1]}"
+    per_entry = sorted({v["tensors"] for v in verifies})
+    per_text = f"{per_entry[0]}" if len(per_entry) == 1 else f"{per_entry[0]}-{per_entry[-1]}"
     total = int(np.nansum(counts))
-    ax.set_title(f"Integer program vs fake-quant: {total:,} mismatched codes over {len(entries)} entries x "
-                 f"{len(names)} tensors ({sum(v['tensors'] for v in verifies):,} checked), {image_text} images",
-                 fontsize=10, loc="left")
+    ax.set_title(f"Integer program vs fake-quant: {total:,} mismatched codes over "
+                 f"{sum(v['tensors'] for v in verifies):,} tensors ({len(entries)} entries, {per_text} tensors "
+                 f"each), {image_text} images", fontsize=10, loc="left")
     handles = [Patch(color=MATCH_COLOUR, label="0 mismatches"),
                Patch(color=MISMATCH_COLOUR, label="mismatched codes (count written)"),
                Patch(color=ABSENT_COLOUR, label="not in this entry's program")]

@@ -37,17 +37,19 @@ def _safe(name: str) -> str:
 
 
 def plot_specs(results: dict) -> list[PlotSpec]:
-    """Every plot of the run, in report order."""
+    """Every plot of the run that has something to show, in report order: no cost plot where nothing was
+    priced, no verification plot where nothing was exported."""
     names = summary.accelerators(results)
     first = names[0]
-    specs = [PlotSpec(f"accuracy_vs_energy_{_safe(name)}", f"accuracy vs energy on {name}",
+    exported = any(e["integer_evaluation"].get("exported") for e in results["results"])
+    specs = [] if not exported else [PlotSpec(f"accuracy_vs_energy_{_safe(name)}", f"accuracy vs energy on {name}",
                       lambda name=name: plots.accuracy_vs_cost(results, name, "energy"),
                       f"Accuracy vs energy per inference on {name}. One marker per (method, bits): colour is "
                       "the method, shape the bit-width; accuracy is the integer program's, energy the cost "
                       "model's for one image. Up and to the left is better; the step line is the Pareto front "
                       "(no other configuration is both cheaper and more accurate), the dashed line FP32, the "
                       "ring the recommended configuration.") for name in names]
-    specs += [
+    specs += [] if not exported else [
         PlotSpec("accuracy_vs_memory", "accuracy vs memory footprint",
                  lambda: plots.accuracy_vs_cost(results, first, "memory"),
                  "Accuracy vs model memory footprint: weights with their requantization rules and zero-points, "
@@ -58,7 +60,7 @@ def plot_specs(results: dict) -> list[PlotSpec]:
                  f"Accuracy vs latency of one inference on {first} (the slower of compute and memory time per "
                  "layer, layers in sequence)."),
     ]
-    if len(names) > 1:  # area is the accelerator's: one accelerator would draw a single column
+    if exported and len(names) > 1:  # area is the accelerator's: one accelerator would draw a single column
         specs.append(PlotSpec("accuracy_vs_area", "accuracy vs accelerator area",
                               lambda: plots.accuracy_vs_area(results),
                               "Accuracy vs the silicon area of each configured accelerator (mm² at its node: the "
@@ -88,6 +90,8 @@ def plot_specs(results: dict) -> list[PlotSpec]:
         PlotSpec("outlier_ratio", "PPOQ outlier ratio per layer", lambda: plots.outlier_ratios(results),
                  "Share of post-LayerNorm values on PPOQ's sparse outlier path, per quantized layer, on the "
                  "evaluation images."),
+    ]
+    specs += [] if not exported else [
         PlotSpec("verification", "verification: mismatched codes per tensor", lambda: plots.verification(results),
                  "Mismatched codes between the integer simulator and the integer-faithful fake-quant, per "
                  "tensor and configuration, on the verified evaluation images. All zero is the point: the "
@@ -103,31 +107,40 @@ def _num(value: float | None, digits: int = 2) -> str:
 def _summary_bullets(results: dict) -> list[str]:
     metric, _ = summary.accuracy_metric(results)
     name = "top-1" if metric == "top1" else "agreement with FP32"
+    exported = [e for e in results["results"] if e["integer_evaluation"].get("exported")]
+    max_drop = results["config"]["report"]["max_drop"]
+    drop_text = f"{max_drop:g} point{'' if max_drop == 1 else 's'}"
     items = []
-    for row in summary.hardware_rows(results):
-        if row["recommended"] is None:
-            items.append(f"{row['accelerator']}: no configuration was exported to an integer program, so none "
-                         "is priced.")
-            continue
+    if not exported:
+        items.append("No configuration was exported to an integer program: nothing was verified on the integer "
+                     "simulator or priced on an accelerator; the accuracies below are the fake-quant model's.")
+    for row in summary.hardware_rows(results) if exported else []:
+        chosen = summary.recommended(results, row["accelerator"])
+        caveat = "" if summary.within_drop(results, chosen) else \
+            f" No configuration is within {drop_text} of FP32 (`report.max_drop`); this is the most accurate one."
         items.append(f"Recommended on {row['accelerator']}: **{row['recommended']}**, {name} "
                      f"{_num(row['accuracy'])} % (FP32 {_num(summary.fp32_accuracy(results))} %), "
                      f"{_num(row['energy_uj'], 3)} µJ and {_num(row['latency_ms'], 4)} ms per inference, "
-                     f"{_num(row['tops_per_w'])} effective TOPS/W.")
-    items += _why(results, name)
-    max_drop = results["config"]["report"]["max_drop"]
-    items.append(f"Recommended = the lowest energy per inference among the configurations whose integer {name} is "
-                 f"at most {max_drop:g} point{'' if max_drop == 1 else 's'} below FP32 (`report.max_drop`); the "
-                 "most accurate one where none is.")
-    exported = [e for e in results["results"] if e["integer_evaluation"].get("exported")]
-    mismatches = sum(e["integer_evaluation"]["verify"]["mismatches"] for e in exported)
-    tensors = sum(e["integer_evaluation"]["verify"]["tensors"] for e in exported)
-    images = max((e["integer_evaluation"]["verify"]["images"] for e in exported), default=0)
-    items.append(f"Integer-only verification: **{mismatches}** mismatched codes over {tensors} tensors "
-                 f"({len(exported)} exported configurations, {images} images each).")
-    refused = [e for e in results["results"] if not e["integer_evaluation"].get("exported")]
-    for e in refused:
-        items.append(f"{summary.label(e)} was not exported ({e['integer_evaluation'].get('reason', 'no reason')}); "
-                     "it has a fake-quant accuracy but no integer accuracy or cost.")
+                     f"{_num(row['tops_per_w'])} effective TOPS/W.{caveat}")
+    if exported:
+        items += _why(results, name)
+        items.append(f"Recommended = the lowest energy per inference among the configurations whose integer {name} "
+                     f"is at most {drop_text} below FP32 (`report.max_drop`); the most accurate one where none is.")
+        verifies = [e["integer_evaluation"]["verify"] for e in exported]
+        mismatches = sum(v["mismatches"] for v in verifies)
+        images = sorted({v["images"] for v in verifies})
+        image_text = f"{images[0]}" if len(images) == 1 else f"{images[0]}-{images[-1]}"
+        items.append(f"Integer-only verification: **{mismatches}** mismatched codes over "
+                     f"{sum(v['tensors'] for v in verifies)} tensors ({len(exported)} exported configurations, "
+                     f"{image_text} images each).")
+    reasons: dict[str, list[str]] = {}
+    for e in results["results"]:
+        if not e["integer_evaluation"].get("exported"):
+            reasons.setdefault(e["integer_evaluation"].get("reason", "no reason given"), []).append(summary.label(e))
+    for reason, labels in reasons.items():
+        items.append(f"Not exported to an integer program ({reason}): {', '.join(labels)}; "
+                     f"{'they have' if len(labels) > 1 else 'it has'} a fake-quant accuracy but no integer "
+                     "accuracy or cost.")
     return items
 
 
@@ -211,7 +224,7 @@ def build(results: dict, specs: list[PlotSpec]) -> list[Block]:
             "`-`: not applicable, or the configuration was not exported to an integer program.",
         ]),
     ]
-    if len(summary.accelerators(results)) > 1:
+    if len(summary.accelerators(results)) > 1 and any(summary.costed(results, a) for a in summary.accelerators(results)):
         blocks += [Heading("Hardware comparison"),
                    Paragraph("Each accelerator's recommended configuration (see Summary) and its cost; the "
                              "accuracy-vs-energy plot of each accelerator follows under Plots."),

@@ -22,7 +22,7 @@ from adfq_sim.quant.quantizers import GELU_MINIMUM, LogQuantizer, UniformQuantiz
 from adfq_sim.quant.twin_uniform import TwinUniformQuantizer
 from hw_models.cost import COMPONENTS
 from conftest import calibrated
-from reports import plots, summary
+from reports import plots, report, summary
 
 ACCELERATOR = "npu"
 TOKENS = 5
@@ -319,4 +319,59 @@ def test_verification_marks_mismatches_and_keeps_execution_order() -> None:
     assert [t.get_text() for t in ax.get_yticklabels()] == ["minmax W8A8", "adfq W8A8", "adfq W4A4"]
     assert [t.get_text() for t in ax.texts] == ["3"]
     assert ax.texts[0].get_position() == (2, 2)  # adfq W4A4 row, its third tensor
-    assert "3 mismatched codes over 3 entries x 7 tensors" in ax.get_title(loc="left")
+    # minmax's program verifies 5 tensors, adfq's 7 (with the outlier lists)
+    assert "3 mismatched codes over 19 tensors (3 entries, 5-7 tensors each), 4 images" in ax.get_title(loc="left")
+
+
+def test_markers_share_one_size_and_coinciding_entries_ring_out() -> None:
+    """Every entry's marker is the same size whatever its method; a second entry at the same point is a
+    larger ring around the first, so both stay visible."""
+    results = make_results()
+    same = _entry_of(results, "adfq", "w8a8")
+    same["cost"][ACCELERATOR] = dict(_entry_of(results, "minmax", "w8a8")["cost"][ACCELERATOR])
+    same["integer_evaluation"]["top1"] = _entry_of(results, "minmax", "w8a8")["integer_evaluation"]["top1"]
+    ax = plots.accuracy_vs_cost(results, ACCELERATOR, "energy").axes[0]
+    markers = [line for line in ax.lines if line.get_markerfacecolor() == "none" and len(line.get_xdata()) == 1
+               and line.get_markeredgecolor() != "black"]
+    assert len(markers) == 3  # the unexported entry has no point
+    sizes = sorted(line.get_markersize() for line in markers)
+    assert sizes == [plots.MARKER_SIZE, plots.MARKER_SIZE, plots.MARKER_SIZE + plots.RING_STEP]
+
+
+def test_a_method_keeps_its_colour_whatever_the_config_order() -> None:
+    results = make_results()
+    reordered = make_results()
+    reordered["config"]["quant"]["methods"] = ["adfq", "minmax"]
+    assert plots._method_colours(results) == plots._method_colours(reordered)
+    alone = make_results()
+    alone["config"]["quant"]["methods"] = ["adfq"]
+    assert plots._method_colours(alone)["adfq"] == plots._method_colours(results)["adfq"]
+
+
+def test_a_run_with_nothing_exported_makes_no_pass_like_claim() -> None:
+    """Nothing verified and nothing priced: no cost or verification plot, no "0 mismatched codes" verdict,
+    and the shared reason for not exporting said once."""
+    results = make_results()
+    for entry in results["results"]:
+        entry["integer_evaluation"] = {"exported": False, "reason": "Swin is not supported"}
+        entry["cost"] = None
+    specs = report.plot_specs(results)
+    assert not [s.stem for s in specs if s.stem.startswith("accuracy_vs") or s.stem in ("verification", "layer_energy")]
+    text = "\n".join(report._summary_bullets(results))
+    assert "mismatched codes" not in text and "**0**" not in text
+    assert text.count("Swin is not supported") == 1 and "nothing was verified" in text
+
+
+def test_the_summary_says_when_no_configuration_is_within_max_drop() -> None:
+    results = make_results()
+    results["hardware"] = [{"name": ACCELERATOR, "pe_array": {"rows": 16, "cols": 16, "dataflow": "output_stationary"},
+                            "clock_mhz": 500, "sram": [{"size_kib": 512}]}]
+    for entry in results["results"]:
+        if entry["cost"]:
+            entry["cost"][ACCELERATOR]["effective_tops_per_w"] = 1.0
+            entry["cost"][ACCELERATOR]["energy_uj"] = {"sram": 1.0}
+    results["config"]["report"]["max_drop"] = 0.0
+    results["fp32"]["top1"] = 100.0
+    assert "No configuration is within 0 points of FP32" in "\n".join(report._summary_bullets(results))
+    results["config"]["report"]["max_drop"] = 50.0
+    assert "No configuration is within" not in "\n".join(report._summary_bullets(results))
