@@ -1,8 +1,9 @@
 """The activation distributions the report draws: one post-LayerNorm and one post-GELU tensor of the FP32
 model (histograms), and per calibrated model the quantizers that code those tensors (their integer forms).
 
-The block drawn is the one whose post-LayerNorm tensor reaches the largest magnitude on the first
-calibration batch: where the outliers are, PPOQ's and uniform levels differ most.
+The block drawn is the one whose post-LayerNorm tensor reaches the largest magnitude over the whole
+calibration set: where the outliers are, PPOQ's and uniform levels differ most. Its histograms count
+every calibration image too, so neither depends on how the set is batched.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def transformer_blocks(model: nn.Module) -> list[str]:
 
 
 def _outputs(model: nn.Module, images: torch.Tensor, names: list[str],
-             keep: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach) -> dict[str, torch.Tensor]:
+             keep: Callable[[torch.Tensor], object] = torch.Tensor.detach) -> dict[str, object]:
     """`keep` of the output of each named submodule on one forward pass (a reduction keeps memory small)."""
     seen: dict[str, torch.Tensor] = {}
     with attached(model.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: seen.__setitem__(n, keep(out)))
@@ -40,32 +41,43 @@ def _outputs(model: nn.Module, images: torch.Tensor, names: list[str],
     return seen
 
 
-def _histogram(values: torch.Tensor, tensor: str, quantizer: str, log_spaced: bool) -> dict:
-    x = values.double().flatten().numpy()
-    low, high = float(x.min()), float(x.max())
+def _edges(low: float, high: float, log_spaced: bool) -> np.ndarray:
     if log_spaced and high > low:
         edges = low + np.concatenate([[0.0], np.geomspace(LOG_BINS_FLOOR * (high - low), high - low, HISTOGRAM_BINS)])
         edges[-1] = high  # exactly, so the maximum falls in the last bin
-    else:
-        edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
-    counts, edges = np.histogram(x, bins=edges)
-    return {"tensor": tensor, "quantizer": quantizer, "values": int(x.size), "min": low, "max": high,
-            "edges": edges.tolist(), "counts": counts.tolist()}
+        return edges
+    return np.linspace(low, high, HISTOGRAM_BINS + 1)
 
 
 @torch.no_grad()
-def capture(model: nn.Module, images: torch.Tensor) -> dict | None:
-    """Histograms of the chosen block's post-LayerNorm and post-GELU tensors on `images` (None for a
-    model without such blocks)."""
+def capture(model: nn.Module, batches: list[torch.Tensor]) -> dict | None:
+    """Histograms of the chosen block's post-LayerNorm and post-GELU tensors over every calibration batch
+    (None for a model without such blocks). Two passes: the ranges of every block's tensors, then the
+    chosen block's counts, so no activation outlives its batch."""
     blocks = transformer_blocks(model)
     if not blocks:
         return None
-    peaks = _outputs(model, images, [f"{b}.norm1" for b in blocks], keep=lambda out: out.abs().max())
-    block = max(blocks, key=lambda b: float(peaks[f"{b}.norm1"]))
-    outputs = _outputs(model, images, [f"{block}.{source}" for source, _, _ in CONSUMERS.values()])
-    tensors = {key: _histogram(outputs[f"{block}.{source}"], f"{block}.{source}", f"{block}.{consumer}", log_spaced)
-               for key, (source, consumer, log_spaced) in CONSUMERS.items()}
-    return {"block": block, "images": len(images), **tensors}
+    sources = [f"{b}.{source}" for b in blocks for source, _, _ in CONSUMERS.values()]
+    low: dict[str, float] = {}
+    high: dict[str, float] = {}
+    for images in batches:
+        for name, (lo, hi) in _outputs(model, images, sources, keep=torch.aminmax).items():
+            low[name] = min(low.get(name, np.inf), float(lo))
+            high[name] = max(high.get(name, -np.inf), float(hi))
+    block = max(blocks, key=lambda b: max(-low[f"{b}.norm1"], high[f"{b}.norm1"]))
+    chosen = {key: (f"{block}.{source}", f"{block}.{consumer}", log_spaced)
+              for key, (source, consumer, log_spaced) in CONSUMERS.items()}
+    edges = {key: _edges(low[tensor], high[tensor], log_spaced) for key, (tensor, _, log_spaced) in chosen.items()}
+    counts = {key: np.zeros(HISTOGRAM_BINS, dtype=np.int64) for key in chosen}
+    for images in batches:
+        outputs = _outputs(model, images, [tensor for tensor, _, _ in chosen.values()])
+        for key, (tensor, _, _) in chosen.items():
+            counts[key] += np.histogram(outputs[tensor].double().flatten().numpy(), bins=edges[key])[0]
+    tensors = {key: {"tensor": tensor, "quantizer": quantizer, "values": int(counts[key].sum()),
+                     "min": low[tensor], "max": high[tensor], "edges": edges[key].tolist(),
+                     "counts": counts[key].tolist()}
+               for key, (tensor, quantizer, _) in chosen.items()}
+    return {"block": block, "images": sum(len(images) for images in batches), **tensors}
 
 
 def _jsonable(value):

@@ -7,6 +7,11 @@ from typing import Optional
 
 import torch
 
+# SQNR is reported to this many decimals of a dB. The float32 logits it compares differ in their last
+# bits with the batch size (CPU GEMM kernels block a batch of 7 rows differently from one of 64), which
+# moved the SQNR by ~1e-8 dB; rounded, a config gives the same value at any batch size.
+SQNR_DECIMALS = 3
+
 
 def top1(logits: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[float]:
     """Percent of images whose arg-max class is the label; None without labels."""
@@ -21,14 +26,15 @@ def agreement(logits: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def sqnr_db(logits: torch.Tensor, reference: torch.Tensor) -> Optional[float]:
-    """Signal-to-quantization-noise ratio of the logits in dB: 10 log10(|ref|^2 / |ref - x|^2).
+    """Signal-to-quantization-noise ratio of the logits in dB: 10 log10(|ref|^2 / |ref - x|^2), rounded to
+    SQNR_DECIMALS.
 
     None when the two are identical (infinite SQNR has no JSON form).
     """
-    noise = float(((reference - logits) ** 2).sum())
+    noise = float(((reference.double() - logits.double()) ** 2).sum())
     if noise == 0.0:
         return None
-    return 10.0 * math.log10(float((reference ** 2).sum()) / noise)
+    return round(10.0 * math.log10(float((reference.double() ** 2).sum()) / noise), SQNR_DECIMALS)
 
 
 def fmt(value: Optional[float]) -> str:

@@ -11,9 +11,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-# Percentile observers keep at most this many values per batch (a fixed stride through the tensor),
-# which bounds memory on ImageNet-sized calibration sets while staying deterministic.
-PERCENTILE_SAMPLES_PER_BATCH = 1 << 18
+from adfq_sim.quant.sampling import StreamSample
+
+# Per-tensor percentile and MSE searches read at most this many calibration values: a seeded sample of
+# the whole calibration set that no batch size changes (adfq_sim.quant.sampling).
+PERCENTILE_SAMPLE_BUDGET = 1 << 20
 # Clip-range candidates (percentiles) searched by MSE, as in the ADFQ-ViT reference implementation
 # ({0.999, 0.9999, 0.99999}), plus the full range.
 SEARCH_PERCENTILES = (99.9, 99.99, 99.999, 100.0)
@@ -88,23 +90,25 @@ class MinMaxObserver(Observer):
         return self.lo, self.hi
 
 
+def per_tensor_stream(x: torch.Tensor) -> torch.Tensor:
+    """A batch as StreamSample takes it for a per-tensor range: one row, dim 0's entries (images, or
+    windows of images) as the stream's units."""
+    return x.reshape(1, x.shape[0], -1) if x.ndim else x.reshape(1, 1, 1)
+
+
 class SampleObserver(Observer):
-    """Keeps a bounded, deterministic sample of all calibration values (per tensor)."""
+    """Keeps a bounded, seeded sample of all calibration values (per tensor), the same at any batch size."""
 
     def __init__(self) -> None:
-        self.samples: list[np.ndarray] = []
+        self.sample = StreamSample(PERCENTILE_SAMPLE_BUDGET)
 
     def observe(self, x: torch.Tensor, reduce_dims: tuple[int, ...]) -> None:
         if len(reduce_dims) != x.ndim:
             raise ValueError(f"{type(self).__name__} supports per-tensor ranges only")
-        flat = x.reshape(-1)
-        stride = max(1, -(-flat.numel() // PERCENTILE_SAMPLES_PER_BATCH))
-        self.samples.append(flat[::stride].double().numpy())
+        self.sample.add(per_tensor_stream(x))
 
     def values(self) -> np.ndarray:
-        if not self.samples:
-            raise RuntimeError("observer saw no data: run calibration batches first")
-        return np.concatenate(self.samples)
+        return self.sample.values()[0].double().numpy()
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         values = self.values()
@@ -128,30 +132,27 @@ class PercentileMseObserver(Observer):
 
     The reference implementations' range init (ADFQ-ViT, RepQ-ViT), with their candidate lists.
 
-    Per tensor (a bounded, deterministic sample of the calibration values) or per index of dim 0
-    (a weight's output channels, each searched on its own, as the reference does).
+    Per tensor (a bounded, seeded sample of the calibration values, the same at any batch size) or per
+    index of dim 0 (a weight's output channels, each searched on its own, as the reference does).
     """
 
     def __init__(self, bits: int, percentiles: Sequence[float] = SEARCH_PERCENTILES) -> None:
         self.bits, self.percentiles = bits, tuple(percentiles)
-        self.rows: list[torch.Tensor] = []
+        self.sample = StreamSample(PERCENTILE_SAMPLE_BUDGET)
+        self.rows: list[torch.Tensor] = []  # per-channel: a static weight's rows
         self.shape: tuple[int, ...] = ()
 
     def observe(self, x: torch.Tensor, reduce_dims: tuple[int, ...]) -> None:
         if len(reduce_dims) == x.ndim:
-            flat = x.reshape(1, -1)
-            stride = max(1, -(-flat.shape[1] // PERCENTILE_SAMPLES_PER_BATCH))
-            rows, self.shape = flat[:, ::stride], ()
+            self.sample.add(per_tensor_stream(x))
         elif tuple(reduce_dims) == tuple(range(1, x.ndim)):
-            rows, self.shape = x.reshape(x.shape[0], -1), (x.shape[0],) + (1,) * (x.ndim - 1)
+            self.rows.append(x.detach().float().reshape(x.shape[0], -1))
+            self.shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         else:
             raise ValueError(f"{type(self).__name__}: per tensor or per dim-0 channel only")
-        self.rows.append(rows.detach().float())
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.rows:
-            raise RuntimeError("observer saw no data: run calibration batches first")
-        x = torch.cat(self.rows, dim=1)
+        x = torch.cat(self.rows, dim=1) if self.rows else self.sample.values()
         bounds = np.percentile(x.cpu().numpy(), [q for p in self.percentiles for q in (100.0 - p, p)], axis=1)
         bounds = torch.from_numpy(bounds).float().to(x.device).reshape(len(self.percentiles), 2, x.shape[0], 1)
         errors = torch.stack([uniform_mse(x, lo, hi, self.bits) for lo, hi in bounds])

@@ -22,14 +22,15 @@ from adfq_sim.formats import OUTLIER_MAX, OUTLIER_MIN
 from adfq_sim.quant.observers import SEARCH_PERCENTILES, best_range_per_row, uniform_params
 from adfq_sim.quant.quantizers import Quantizer
 from adfq_sim.quant.rounding import round_ste
+from adfq_sim.quant.sampling import StreamSample
 
 # The outlier sub-step shift is the largest that keeps OUTLIER_HEADROOM times the largest calibration
 # magnitude inside int16 on the finest token step, capped at MAX_OUTLIER_SHIFT.
 OUTLIER_HEADROOM = 4.0
 MAX_OUTLIER_SHIFT = 12
 OUTLIER_MODES = ("int16", "float")
-# Calibration keeps at most this many values per quantizer (halving the per-token sample by a stride
-# whenever it grows past it), which bounds memory on ImageNet-sized calibration sets.
+# Calibration keeps at most this many values per quantizer: a seeded sample of (image, channel) places,
+# the same for every token row and at any batch size (adfq_sim.quant.sampling).
 MAX_CALIBRATION_VALUES = 1 << 22
 
 
@@ -45,7 +46,7 @@ class PerPatchOutlierQuantizer(Quantizer):
         self.alpha, self.outliers = float(alpha), outliers
         self.scale = nn.Parameter(torch.ones(()), requires_grad=False)
         self.register_buffer("zero_point", torch.zeros(()))
-        self._samples: list[torch.Tensor] = []
+        self._sample = StreamSample(MAX_CALIBRATION_VALUES)
         self._calib_counts = [0, 0]  # outliers, elements seen during calibration
         self._calib_max_abs = 0.0
         self.outlier_shift = 0
@@ -55,9 +56,9 @@ class PerPatchOutlierQuantizer(Quantizer):
 
     @staticmethod
     def _tokens_first(x: torch.Tensor) -> torch.Tensor:
-        """[B, *tokens, C] -> [T, B*C]: one row of values per token position."""
+        """[B, *tokens, C] -> [T, B, C]: one row of values per token position, images as the stream's units."""
         tokens = math.prod(x.shape[1:-1])
-        return x.reshape(x.shape[0], tokens, x.shape[-1]).transpose(0, 1).reshape(tokens, -1)
+        return x.reshape(x.shape[0], tokens, x.shape[-1]).transpose(0, 1)
 
     def observe(self, x: torch.Tensor) -> None:
         if x.ndim < 3:
@@ -66,17 +67,11 @@ class PerPatchOutlierQuantizer(Quantizer):
         self._calib_counts[0] += int(mask.sum())
         self._calib_counts[1] += x.numel()
         self._calib_max_abs = max(self._calib_max_abs, float(x.abs().max()))
-        rows = self._tokens_first(torch.where(mask, torch.zeros_like(x), x)).float()
-        self._samples.append(rows)
+        self._sample.add(self._tokens_first(torch.where(mask, torch.zeros_like(x), x)))
         self._token_shape = tuple(x.shape[1:-1])
-        total = sum(s.numel() for s in self._samples)
-        if total > MAX_CALIBRATION_VALUES:
-            self._samples = [torch.cat(self._samples, dim=1)[:, ::2].contiguous()]
 
     def freeze(self) -> None:
-        if not self._samples:
-            raise RuntimeError("observer saw no data: run calibration batches first")
-        values = torch.sort(torch.cat(self._samples, dim=1), dim=1).values
+        values = torch.sort(self._sample.values(), dim=1).values
         last = values.shape[1] - 1
         candidates = ((values[:, round((1 - p / 100) * last), None], values[:, round(p / 100 * last), None])
                       for p in SEARCH_PERCENTILES)
@@ -88,7 +83,7 @@ class PerPatchOutlierQuantizer(Quantizer):
         magnitude = max(self._calib_max_abs, self.alpha) * OUTLIER_HEADROOM
         fits = math.floor(math.log2(OUTLIER_MAX * float(scale.min()) / magnitude))
         self.outlier_shift = int(min(MAX_OUTLIER_SHIFT, max(0, fits)))
-        self._samples = []
+        self._sample = StreamSample(MAX_CALIBRATION_VALUES)
 
     def _check_tokens(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:-1]) != tuple(self.scale.shape[1:-1]):

@@ -41,7 +41,7 @@ class RunContext:
     @cached_property
     def distributions(self) -> dict:
         """The FP32 activation histograms the report draws (and each cell's quantizers code)."""
-        return capture(self.model, self.calib_batches[0])
+        return capture(self.model, self.calib_batches)
 
 
 def build_context(cfg: Config) -> RunContext:
