@@ -48,13 +48,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 EXIT_MISMATCH = 1
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if args.program is not None and not args.program.is_file():
-        raise UserInputError(f"{args.program}: no such program file")
-    from adfq_sim.verification import run_verification
+def _config_or_run(args: argparse.Namespace, command: str):
+    """The validated config of `--config`, or None for a RUN_DIR; exactly one of the two is given."""
+    if (args.config is None) == (args.run_dir is None):
+        raise UserInputError(f"{command}: give --config CFG (calibrate afresh) or a RUN_DIR (a finished run), "
+                             "one of the two")
+    if args.run_dir is None:
+        return _config(args)
+    given = [flag for flag, value in (("--out", args.out), ("--seed", args.seed)) if value is not None]
+    if given:
+        raise UserInputError(f"{command} RUN_DIR: {' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
+                             "to --config only (a run's outputs go in the run folder)")
+    if not (args.run_dir / "results.json").is_file():
+        raise UserInputError(f"{args.run_dir}: no results.json (is it an `adfq-sim run` folder?)")
+    return None
 
-    path, mismatches = run_verification(config, args.program)
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    config = _config_or_run(args, "verify")
+    if args.program is not None and (config is None or not args.program.is_file()):
+        raise UserInputError("verify RUN_DIR: --program goes with --config" if config is None
+                             else f"{args.program}: no such program file")
+    from adfq_sim.verification import run_verification, verify_run
+
+    path, mismatches = verify_run(args.run_dir) if config is None else run_verification(config, args.program)
     print(path)
     if mismatches:
         print(f"adfq-sim: {mismatches} mismatched codes between the simulator and the integer-faithful "
@@ -64,10 +81,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_cost(args: argparse.Namespace) -> int:
-    config = _config(args)
-    from adfq_sim.costing import run_cost
+    config = _config_or_run(args, "cost")
+    if config is None and args.hardware is not None:
+        from hw_models.spec import load_specs
 
-    print(run_cost(config))
+        load_specs(args.hardware)  # refused before torch is imported, as a config's would be
+    from adfq_sim.costing import cost_run, run_cost
+
+    for path in cost_run(args.run_dir, args.hardware) if config is None else run_cost(config):
+        print(path)
     return 0
 
 
@@ -104,8 +126,8 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=Path, metavar="CFG",
+def _experiment_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, type=Path, metavar="CFG",
                         help="experiment YAML (see docs/config.md); a file with only a "
                              "hardware section runs the embedded demo")
     parser.add_argument("--out", metavar="DIR", help="parent folder of the run folder (overrides the config's out)")
@@ -143,21 +165,30 @@ def build_parser() -> argparse.ArgumentParser:
                                      "IntegerProgram, run the Numba simulator and the integer-faithful "
                                      "PyTorch mode on verify.images eval images, print a per-tensor table "
                                      "of mismatched codes and write <out>/<name>/verify.json and each "
-                                     "program with its op listing under programs/. With --program, verify "
-                                     "that saved program on the config's data instead. Exit status 1 on "
-                                     "any mismatch.")
-    _experiment_arguments(ver)
+                                     "program with its op listing under programs/. With a RUN_DIR instead of "
+                                     "--config, verify the finished run's saved programs (nothing is "
+                                     "calibrated) into RUN_DIR/verify.json. With --program, verify that saved "
+                                     "program on the config's data into <out>/<name>/verify-<file stem>.json. "
+                                     "Exit status 1 on any mismatch.")
+    ver.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR",
+                     help="a folder written by `adfq-sim run` (instead of --config)")
+    _experiment_arguments(ver, required=False)
     ver.add_argument("--program", type=Path, metavar="FILE",
                      help="a saved IntegerProgram (.npz, e.g. from a previous verify's programs/) to verify "
                           "instead of calibrating the config's methods")
     ver.set_defaults(func=_cmd_verify)
 
-    cost = sub.add_parser("cost", help="price every (method, bits) of a config on an accelerator, per layer",
+    cost = sub.add_parser("cost", help="price every (method, bits) of a config or a finished run on an accelerator, "
+                                       "per layer",
                           description="For every (method, bits) of the config: calibrate, export the "
-                                      "IntegerProgram and price one inference on the accelerator (the "
+                                      "IntegerProgram and price one inference on each accelerator (the "
                                       "config's hardware, or --hardware): per-layer table and totals on "
-                                      "stderr, <out>/<name>/cost.json.")
-    _experiment_arguments(cost)
+                                      "stderr, <out>/<name>/cost-<accelerator>.json. With a RUN_DIR instead of "
+                                      "--config, price the finished run's saved programs with the outlier counts "
+                                      "it measured (nothing is calibrated): RUN_DIR/cost-<accelerator>.json.")
+    cost.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR",
+                      help="a folder written by `adfq-sim run` (instead of --config)")
+    _experiment_arguments(cost, required=False)
     cost.add_argument("--hardware", metavar="PRESET_OR_FILE",
                       help="accelerator preset name or spec YAML file (overrides the config's hardware)")
     cost.set_defaults(func=_cmd_cost)

@@ -103,14 +103,20 @@ def _merged(raw: dict, overrides: dict) -> dict:
     return merged
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> Config:
-    """Read, type-check and validate a YAML config. `overrides` are keys from the command line, e.g.
-    {"out": "runs", "executor": {"kind": "ray"}}."""
-    path = Path(path)
-    raw = _merged({"name": path.stem, **read_yaml_mapping(path, "config")}, overrides or {})
+def config_from_dict(raw: dict, where: str) -> Config:
+    """Type-check and validate a config mapping (a YAML file's, or one a run recorded); errors start with
+    `where`."""
     try:
         cfg = build_dataclass(Config, raw, "")
         _validate(cfg)
     except UserInputError as exc:
-        raise UserInputError(f"{path}: {exc}") from None
+        raise UserInputError(f"{where}: {exc}") from None
     return cfg
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> Config:
+    """Read, type-check and validate a YAML config. `overrides` are keys from the command line, e.g.
+    {"out": "runs", "executor": {"kind": "ray"}}."""
+    path = Path(path)
+    return config_from_dict(_merged({"name": path.stem, **read_yaml_mapping(path, "config")}, overrides or {}),
+                            str(path))

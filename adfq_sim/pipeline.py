@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -19,6 +20,7 @@ from adfq_sim.config import Config
 from adfq_sim.environment import environment
 from adfq_sim.errors import UserInputError
 from adfq_sim.evaluate import fmt
+from adfq_sim.intsim.program import IntegerProgram
 from adfq_sim.rundir import RESULTS_SCHEMA_VERSION
 from adfq_sim.runs.cells import Cell, fp32_entry, run_cells
 from adfq_sim.runs.context import RunContext, build_context
@@ -27,6 +29,7 @@ from adfq_sim.runs.local import LocalExecutor
 from adfq_sim.runs.progress import RunProgress
 from adfq_sim.threads import run_threads
 from reports.render import render
+from reports.summary import quality_flags
 from reports.tables import results_csv
 
 log = logging.getLogger("adfq_sim")
@@ -117,8 +120,8 @@ def _run(ctx: RunContext, executor, folder: RunFolder, threads: int) -> dict:
             folder.write_fp32(fp32)
         log.info("fp32: top1 %s", fmt(fp32_entry(fp32)["top1"]))
 
-        def finished(cell: Cell, entry: dict) -> None:
-            folder.write_cell(cell, entry)
+        def finished(cell: Cell, entry: dict, program: Optional[IntegerProgram]) -> None:
+            folder.write_cell(cell, entry, program)
             done[cell.key] = entry
             progress.cell_done()
             _log_entry(entry)
@@ -126,7 +129,7 @@ def _run(ctx: RunContext, executor, folder: RunFolder, threads: int) -> dict:
         executor.run_cells([c for c in cells if c.key not in done], fp32, progress, finished)
     finally:
         progress.close()
-    return {
+    results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "config": cfg.to_dict(),
         "environment": {**environment(), "executor": {"kind": cfg.executor.kind, "threads": threads,
@@ -141,6 +144,10 @@ def _run(ctx: RunContext, executor, folder: RunFolder, threads: int) -> dict:
         "distributions": ctx.distributions,
         "results": [done[c.key] for c in cells],
     }
+    results["flags"] = quality_flags(results)
+    for flag in results["flags"]:
+        log.warning("check: %s", flag["message"])
+    return results
 
 
 def _log_entry(entry: dict) -> None:

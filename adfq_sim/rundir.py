@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Iterator
 
 # results.json's layout; `adfq-sim report` renders only this version. 2: per-accelerator costs with
-# per-layer rows, per-tensor verification, quantizer forms and activation histograms.
-RESULTS_SCHEMA_VERSION = 2
+# per-layer rows, per-tensor verification, quantizer forms and activation histograms; 3: quality `flags`
+# (and the run folder keeps each program under programs/).
+RESULTS_SCHEMA_VERSION = 3
 
 
 @contextlib.contextmanager

@@ -1,8 +1,11 @@
 """Integer-only checks of a calibrated model: the simulator's accuracy and its per-tensor agreement
 with the integer-faithful PyTorch mode (the bar: zero mismatched codes).
 
-`adfq-sim verify` writes `<out>/<name>/verify.json` atomically (beside a run's results, without
-touching them) and each exported program with its op listing as `programs/<method>_<bits>.npz / .txt`; `adfq-sim run` adds `integer_evaluation` to each results entry (`runs.cells`). A (method, bits) whose
+`adfq-sim verify --config` writes `<out>/<name>/verify.json` atomically (beside a run's results, without
+touching them) and each exported program with its op listing as `programs/<method>_<bits>.npz / .txt`;
+`adfq-sim verify RUN_DIR` verifies a finished run's saved programs (nothing calibrated) into the same
+file; `--program FILE` writes `verify-<file stem>.json`. `adfq-sim run` adds `integer_evaluation` to each
+results entry (`runs.cells`). A (method, bits) whose
 quantizers the exporter cannot express yet is reported as not exported, with the reason; it is not
 counted as a mismatch.
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adfq_sim.config import Config
+from adfq_sim.config import Config, config_from_dict
 from adfq_sim.data.sources import build_data_source
 from adfq_sim.errors import UserInputError
 from adfq_sim.intsim.execute import run_simulator
@@ -30,8 +33,11 @@ from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.options import parse_bits
+from reports.render import load_results
 
 log = logging.getLogger("adfq_sim")
+# Where a run folder (and `verify --config`) keeps each exported program: <method>_<bits>.npz / .txt.
+PROGRAMS_FOLDER = "programs"
 
 
 def try_export(qmodel: QuantModel, calib: list[torch.Tensor], label: str) -> tuple[IntegerProgram | None, dict]:
@@ -55,7 +61,12 @@ def compare_codes(program: IntegerProgram, images: torch.Tensor) -> tuple[list[L
     return verify(simulated, faithful, program.tensor_formats()), outliers
 
 
-def _save(program: IntegerProgram, stem: Path) -> None:
+def first_eval_images(data, cfg: Config) -> torch.Tensor:
+    """The first `verify.images` eval images, read batch by batch up to there (never the whole split)."""
+    return torch.cat([images for images, _ in data.batches("eval", cfg.data.batch_size, 0, cfg.verify.images)])
+
+
+def save_with_listing(program: IntegerProgram, stem: Path) -> None:
     """The program file and its op listing, each written atomically."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     save_program(program, stem.with_suffix(".npz"))
@@ -79,7 +90,7 @@ def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, cal
     label = f"{method} {bits}"
     if program is None:
         return entry
-    _save(program, programs / f"{method}_{bits}")
+    save_with_listing(program, programs / f"{method}_{bits}")
     reports, outliers = compare_codes(program, images)
     log.info("%s: simulator vs integer-faithful fake-quant (%d outliers on the sparse path)\n%s", label,
              outliers["count"], format_table(reports))
@@ -87,8 +98,8 @@ def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, cal
             "layers": [r.as_dict() for r in reports]}
 
 
-def _verify_saved(path: Path, images: torch.Tensor) -> dict:
-    """Verify a program file (from a previous `verify`) on the config's eval images."""
+def _verify_saved(path: Path, images: torch.Tensor, entry: dict) -> dict:
+    """Verify a saved program file on `images`; `entry` holds the keys that name it."""
     try:
         program = load_program(path)
     except (OSError, ValueError) as exc:
@@ -100,29 +111,57 @@ def _verify_saved(path: Path, images: torch.Tensor) -> dict:
     reports, outliers = compare_codes(program, images)
     log.info("%s: simulator vs integer-faithful fake-quant (%d outliers on the sparse path)\n%s", path,
              outliers["count"], format_table(reports))
-    return {"program": str(path), "exported": True, "images": len(images), "mismatches": total_mismatches(reports),
+    return {**entry, "exported": True, "images": len(images), "mismatches": total_mismatches(reports),
             "outliers": outliers, "layers": [r.as_dict() for r in reports]}
 
 
-def run_verification(cfg: Config, program: Path | None = None) -> tuple[Path, int]:
-    """Verify every configured (method, bits), or the saved `program` on the config's data; returns
-    verify.json's path and the total mismatches."""
-    torch.manual_seed(cfg.seed)
-    loaded = load_model(cfg.model)
-    data = build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)
-    images = torch.cat([images for images, _ in data.batches("eval", cfg.data.batch_size)])[:cfg.verify.images]
-    folder = Path(cfg.out) / cfg.name
-    if program is not None:
-        entries = [_verify_saved(program, images)]
-    else:
-        calib = [images for images, _ in data.batches("calib", cfg.data.batch_size)]
-        entries = [_verify_one(loaded.model, cfg, method, bits, calib, images, folder / "programs")
-                   for bits in cfg.quant.bits for method in cfg.quant.methods]
+def _write(path: Path, config: dict, entries: list[dict]) -> tuple[Path, int]:
     mismatches = sum(e.get("mismatches", 0) for e in entries)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "verify.json"
-    tmp = folder / f".verify.json.partial-{os.getpid()}"
-    tmp.write_text(json.dumps({"config": cfg.to_dict(), "total_mismatches": mismatches, "results": entries},
-                              indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps({"config": config, "total_mismatches": mismatches, "results": entries}, indent=2) + "\n")
     tmp.replace(path)
     return path, mismatches
+
+
+def _model_and_data(cfg: Config):
+    torch.manual_seed(cfg.seed)
+    loaded = load_model(cfg.model)
+    return loaded, build_data_source(cfg.data, loaded.model, loaded.num_classes, cfg.seed)
+
+
+def run_verification(cfg: Config, program: Path | None = None) -> tuple[Path, int]:
+    """Verify every configured (method, bits) into verify.json, or the saved `program` on the config's data
+    into verify-<program stem>.json; returns the file's path and the total mismatches."""
+    loaded, data = _model_and_data(cfg)
+    images = first_eval_images(data, cfg)
+    folder = Path(cfg.out) / cfg.name
+    if program is not None:
+        return _write(folder / f"verify-{program.stem}.json", cfg.to_dict(),
+                      [_verify_saved(program, images, {"program": str(program)})])
+    calib = [images for images, _ in data.batches("calib", cfg.data.batch_size)]
+    entries = [_verify_one(loaded.model, cfg, method, bits, calib, images, folder / PROGRAMS_FOLDER)
+               for bits in cfg.quant.bits for method in cfg.quant.methods]
+    return _write(folder / "verify.json", cfg.to_dict(), entries)
+
+
+def verify_run(folder: Path) -> tuple[Path, int]:
+    """Verify a finished run's saved programs on its config's first `verify.images` eval images, without
+    calibrating; writes the run's verify.json and returns its path and the total mismatches."""
+    folder = Path(folder)
+    results = load_results(folder)
+    cfg = config_from_dict(results["config"], f"{folder / 'results.json'}: config")
+    _, data = _model_and_data(cfg)
+    images = first_eval_images(data, cfg)
+    entries = []
+    for result in results["results"]:
+        entry = {"method": result["method"], "bits": result["bits"]}
+        if not result["integer_evaluation"].get("exported"):
+            entries.append({**entry, **result["integer_evaluation"]})
+            continue
+        path = folder / PROGRAMS_FOLDER / f"{result['method']}_{result['bits']}.npz"
+        if not path.is_file():
+            raise UserInputError(f"{path}: the run has no saved program for {result['method']} {result['bits']} "
+                                 "(runs before this version kept none: run the config again)")
+        entries.append(_verify_saved(path, images, entry))
+    return _write(folder / "verify.json", results["config"], entries)

@@ -248,7 +248,7 @@ class Cost:
         return sum(layer.macs for layer in self.layers)
 
     def summary(self) -> dict:
-        """The totals that results.json / cost.json report (units in the key names)."""
+        """The totals that results.json / cost-<accelerator>.json report (units in the key names)."""
         energy = self.energy_pj()
         joules = self.total_energy_pj * 1e-12
         area = {c: float(a) for c, a in area_mm2(self.spec).items()}
@@ -275,7 +275,7 @@ class Cost:
                  "bound": l.bound, "energy_pj": l.energy_pj} for l in self.layers]
 
     def to_dict(self) -> dict:
-        """The totals and the per-layer rows, as results.json and cost.json hold them."""
+        """The totals and the per-layer rows, as results.json and cost-<accelerator>.json hold them."""
         return {**self.summary(), "layers": self.layer_rows()}
 
 

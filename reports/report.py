@@ -209,6 +209,8 @@ def build(results: dict, specs: list[PlotSpec]) -> list[Block]:
                   f"{results['timings']['total_s']:.1f} s."),
         Heading("Summary"),
         Bullets(_summary_bullets(results)),
+        *([Heading("Flags"), Paragraph("What the numbers above do not show at a glance (`flags` in results.json):"),
+           Bullets([flag["message"] for flag in results["flags"]])] if results["flags"] else []),
         Heading("Results"),
         _results_table(results),
         Bullets(([] if metric == "top1" else ["The data has no labels: the accuracy columns are arg-max agreement "

@@ -178,3 +178,44 @@ def hardware_rows(results: dict) -> list[dict]:
             "latency_ms": cost["latency_ms"] if cost else None,
             "tops_per_w": cost["effective_tops_per_w"] if cost else None})
     return rows
+
+
+# A configuration is flagged when its logit SQNR falls this many dB (about one bit) below the median of
+# the other methods at its bit-width, or its agreement with FP32 this many points below theirs.
+LOW_SQNR_DB = 6.0
+LOW_AGREEMENT_POINTS = 5.0
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def quality_flags(results: dict) -> list[dict]:
+    """What a reader should not miss, as {kind, method, bits, message} (method and bits null for the run):
+    `low_sqnr` / `low_agreement` (far below the other methods at the same bits), `asmo_mse_rose` (ASMO
+    left some modules' reconstruction MSE higher than calibration had it), `none_within_max_drop`."""
+    flags = []
+    entries = results["results"]
+    for entry in entries:
+        others = [e for e in entries if e["bits"] == entry["bits"] and e is not entry]
+        for kind, key, margin, unit in (("low_sqnr", "sqnr_db", LOW_SQNR_DB, "dB"),
+                                        ("low_agreement", "agreement", LOW_AGREEMENT_POINTS, "points")):
+            theirs = [e[key] for e in others if e[key] is not None]
+            if entry[key] is None or not theirs or entry[key] >= _median(theirs) - margin:
+                continue
+            flags.append({"kind": kind, "method": entry["method"], "bits": entry["bits"], "message": (
+                f"{label(entry)}: {key} {entry[key]:.2f} against a median of {_median(theirs):.2f} for the "
+                f"other methods at {entry['bits'].upper()} (more than {margin:g} {unit} below)")})
+        rose = [u["unit"].removeprefix("ASMO ") for u in entry.get("optimization") or []
+                if u["mse_after"] > u["mse_before"]]
+        if rose:
+            flags.append({"kind": "asmo_mse_rose", "method": entry["method"], "bits": entry["bits"], "message": (
+                f"{label(entry)}: ASMO raised the reconstruction MSE of {len(rose)} of "
+                f"{len(entry['optimization'])} modules ({', '.join(rose[:5])}{', ...' if len(rose) > 5 else ''})")})
+    if entries and not any(within_drop(results, e) for e in entries):
+        drop = results["config"]["report"]["max_drop"]
+        flags.append({"kind": "none_within_max_drop", "method": None, "bits": None, "message": (
+            f"no configuration is within {drop:g} point{'' if drop == 1 else 's'} of FP32 (report.max_drop)")})
+    return flags

@@ -182,9 +182,11 @@ def test_verify_command_reports_zero_mismatches(tmp_path: Path) -> None:
 
     # A saved program verifies on its own (the config gives the data), and a bad file is one line, exit 2.
     saved = tmp_path / "out" / "v" / "programs" / "adfq_w8a8.npz"
-    proc = _cli("verify", "--config", "v.yaml", "--out", "again", "--program", str(saved), cwd=tmp_path)
+    proc = _cli("verify", "--config", "v.yaml", "--out", "out", "--program", str(saved), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    (entry,) = json.loads((tmp_path / "again" / "v" / "verify.json").read_text())["results"]
+    # named by the program, beside the config's full verify.json, which it leaves alone
+    (entry,) = json.loads((tmp_path / "out" / "v" / "verify-adfq_w8a8.json").read_text())["results"]
+    assert len(json.loads((tmp_path / "out" / "v" / "verify.json").read_text())["results"]) == 2
     assert entry["program"] == str(saved) and entry["mismatches"] == 0 and entry["outliers"]["count"] > 0
     proc = _cli("verify", "--config", "v.yaml", "--program", "v.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
@@ -199,8 +201,9 @@ def test_cost_command_prices_each_program_per_layer(tmp_path: Path) -> None:
                                                  "adfq": {"asmo": False, "alpha_qkv": 1.0}}})
     proc = _cli("cost", "--config", "c.yaml", "--out", "out", "--hardware", "edge_tpu_like", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "out" / "c" / "cost.json").read_text())
-    assert [spec["name"] for spec in report["hardware"]] == ["edge_tpu_like"]
+    report = json.loads((tmp_path / "out" / "c" / "cost-edge_tpu_like.json").read_text())
+    assert report["hardware"]["name"] == "edge_tpu_like" and proc.stdout.split() == [
+        str(Path("out") / "c" / "cost-edge_tpu_like.json")]
     minmax, adfq = report["results"]
     for entry in (minmax, adfq):
         layer_energy = sum(sum(layer["energy_pj"].values()) for layer in entry["layers"])
@@ -219,6 +222,9 @@ def test_cost_command_prices_each_program_per_layer(tmp_path: Path) -> None:
     ["cost", "--config", "ok.yaml", "--hardware", "edge_npv"],
     ["export-workload", "--config", "ok.yaml", "--format", "zigzag", "--hardware", "edge_npv"],
     ["verify", "--config", "ok.yaml", "--program", "missing.npz"],
+    ["cost"],
+    ["cost", "no_such_run"],
+    ["verify", "no_such_run", "--config", "ok.yaml"],
 ])
 def test_bad_input_is_refused_before_torch_is_imported(tmp_path: Path, argv: list[str]):
     """Importing torch costs seconds; every check of the config and the command line comes first."""

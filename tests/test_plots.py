@@ -375,3 +375,20 @@ def test_the_summary_says_when_no_configuration_is_within_max_drop() -> None:
     assert "No configuration is within 0 points of FP32" in "\n".join(report._summary_bullets(results))
     results["config"]["report"]["max_drop"] = 50.0
     assert "No configuration is within" not in "\n".join(report._summary_bullets(results))
+
+
+def test_quality_flags_name_what_falls_behind() -> None:
+    results = make_results()
+    assert summary.quality_flags(results) == []
+    _entry_of(results, "adfq", "w8a8")["sqnr_db"] = 20.0 - summary.LOW_SQNR_DB - 0.01  # minmax w8a8 has 20.0
+    _entry_of(results, "minmax", "w4a4")["agreement"] = 99.0 - summary.LOW_AGREEMENT_POINTS + 0.01  # not yet
+    _entry_of(results, "adfq", "w4a4")["optimization"] = [
+        {"unit": "ASMO blocks.0.attn", "mse_before": 1.0, "mse_after": 2.0},
+        {"unit": "ASMO blocks.0.mlp", "mse_before": 1.0, "mse_after": 0.5}]
+    flags = summary.quality_flags(results)
+    assert [(f["kind"], f["method"], f["bits"]) for f in flags] == [
+        ("low_sqnr", "adfq", "w8a8"), ("asmo_mse_rose", "adfq", "w4a4")]
+    assert "1 of 2 modules (blocks.0.attn)" in flags[1]["message"]
+    results["config"]["report"]["max_drop"] = 0.0
+    results["fp32"]["top1"] = 100.0
+    assert summary.quality_flags(results)[-1]["kind"] == "none_within_max_drop"

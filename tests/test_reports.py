@@ -96,7 +96,7 @@ def _check_report(folder: Path, stems: list[str]) -> None:
 def test_default_run_writes_every_plot_and_both_reports(default_run: Path) -> None:
     _check_report(default_run, PLOT_STEMS)
     assert sorted(p.name for p in default_run.iterdir()) == [
-        "plots", "report.html", "report.md", "results.csv", "results.json", "run.log"]
+        "plots", "programs", "report.html", "report.md", "results.csv", "results.json", "run.log"]
     markdown = (default_run / "report.md").read_text()
     results = load_results(default_run)
     for row in summary.result_rows(results, "edge_npu"):  # FP32 and every (method, bits), integer numbers too
@@ -246,3 +246,33 @@ def test_documents_escape_text_and_embed_images(tmp_path: Path) -> None:
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "<code>a|b</code>" in page and "<strong>bold</strong>" in page and "x &lt; y" in page
     assert 'src="data:image/png;base64,iVBORw0KGgpyZXN0"' in page
+
+
+def test_cost_and_verify_of_a_run_reuse_its_programs(compared_run: Path, tmp_path: Path) -> None:
+    """`cost RUN_DIR --hardware` prices the run's saved programs (nothing calibrated), one file per
+    accelerator, so a second preset keeps the first's output; on the run's own accelerators it gives
+    the run's costs exactly. `verify RUN_DIR` verifies the saved programs."""
+    run = tmp_path / "run"
+    shutil.copytree(compared_run, run)
+    results = load_results(run)
+    exported = [e for e in results["results"] if e["integer_evaluation"]["exported"]]
+    assert sorted(p.name for p in (run / "programs").iterdir()) == sorted(
+        f"{e['method']}_{e['bits']}.{ext}" for e in exported for ext in ("npz", "txt"))
+    for preset in ("edge_tpu_like", "eyeriss_like"):
+        proc = subprocess.run([sys.executable, "-m", "adfq_sim", "cost", str(run), "--hardware", preset],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        assert "calibrat" not in proc.stderr.lower() and "ASMO" not in proc.stderr
+    costs = {name: json.loads((run / f"cost-{name}.json").read_text()) for name in ("edge_tpu_like", "eyeriss_like")}
+    assert costs["edge_tpu_like"]["hardware"]["name"] == "edge_tpu_like"
+    for entry, priced in zip(results["results"], costs["eyeriss_like"]["results"]):
+        assert (priced["method"], priced["bits"]) == (entry["method"], entry["bits"])
+        assert {k: v for k, v in priced.items() if k not in ("method", "bits", "exported")} == \
+            entry["cost"]["eyeriss_like"]
+    proc = subprocess.run([sys.executable, "-m", "adfq_sim", "verify", str(run)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    verified = json.loads((run / "verify.json").read_text())
+    assert verified["total_mismatches"] == 0
+    assert [(e["method"], e["bits"], e["images"]) for e in verified["results"]] == [
+        (e["method"], e["bits"], 4) for e in results["results"]]

@@ -1,10 +1,12 @@
 """A run's working folder: finished cells kept on disk as they finish, so no crash loses them.
 
 A run works in `<out>/.<name>.partial/`: `run.json` (the config the cells were computed from),
-`fp32.pt` (the FP32 reference logits) and `cells/<method>_<bits>.json`, each written atomically (a
-temporary file renamed into place), so a kill -9 leaves whole files or none. `--resume` reads them back
-and computes only the rest; at the end the finished folder replaces `<out>/<name>/` in one rename,
-holding only the run's outputs. An existing run or working folder is never replaced without
+`fp32.pt` (the FP32 reference logits), `cells/<method>_<bits>.json` and each exported cell's integer
+program `programs/<method>_<bits>.npz` (with its op listing, `.txt`; written before the cell's entry),
+each written atomically (a temporary file renamed into place), so a kill -9 leaves whole files or none.
+`--resume` reads them back and computes only the rest; at the end the finished folder replaces
+`<out>/<name>/` in one rename, holding only the run's outputs (the programs among them: `adfq-sim cost`
+and `verify` read them instead of calibrating again). An existing run or working folder is never replaced without
 `--overwrite`.
 """
 
@@ -21,7 +23,9 @@ from typing import Any, Optional
 import torch
 
 from adfq_sim.errors import UserInputError
+from adfq_sim.intsim.program import IntegerProgram
 from adfq_sim.runs.cells import Cell, Evaluation
+from adfq_sim.verification import PROGRAMS_FOLDER, save_with_listing
 
 MODES = ("new", "resume", "overwrite")
 _WORK_ONLY = ("run.json", "fp32.pt", "cells", ".lock")
@@ -119,6 +123,7 @@ class RunFolder:
             self._release_lock()
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / "cells").mkdir(exist_ok=True)
+        (self.work / PROGRAMS_FOLDER).mkdir(exist_ok=True)
         self._take_lock(create=True)
         write_atomically(self.work / "run.json", json.dumps(self.fingerprint, indent=2) + "\n")
 
@@ -143,7 +148,10 @@ class RunFolder:
         """The finished cells' entries, by cell key."""
         return {path.stem: json.loads(path.read_text()) for path in sorted((self.work / "cells").glob("*.json"))}
 
-    def write_cell(self, cell: Cell, entry: dict) -> None:
+    def write_cell(self, cell: Cell, entry: dict, program: Optional[IntegerProgram]) -> None:
+        """The cell's program first, then its entry: a cell read back always has its program."""
+        if program is not None:
+            save_with_listing(program, self.work / PROGRAMS_FOLDER / cell.key)
         write_atomically(self.work / "cells" / f"{cell.key}.json", json.dumps(entry, indent=2, allow_nan=False) + "\n")
 
     def read_fp32(self) -> Optional[Evaluation]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
+from adfq_sim.intsim.program import IntegerProgram
 from adfq_sim.runs.cells import (Cell, Evaluation, assemble, calibrate, check_program, eval_ranges, evaluate_range,
                                  merge)
 from adfq_sim.runs.context import RunContext
@@ -26,12 +27,12 @@ class LocalExecutor:
         return merge([evaluate_range(self.ctx, self.ctx.model, None, a, b, progress.images) for a, b in self.ranges])
 
     def run_cells(self, cells: list[Cell], fp32: Evaluation, progress: RunProgress,
-                  on_done: Callable[[Cell, dict], None]) -> None:
+                  on_done: Callable[[Cell, dict, Optional[IntegerProgram]], None]) -> None:
         for cell in cells:
             qmodel, program, summary = calibrate(self.ctx, cell)
             quantized = merge([evaluate_range(self.ctx, qmodel, program, a, b, progress.images) for a, b in self.ranges])
             checked = None if program is None else check_program(self.ctx, program)
-            on_done(cell, assemble(summary, quantized, checked, fp32))
+            on_done(cell, assemble(summary, quantized, checked, fp32), program)
 
     def close(self) -> None:
         pass

@@ -24,7 +24,7 @@ from ray.exceptions import RayTaskError
 
 from adfq_sim.config import Config
 from adfq_sim.errors import UserInputError
-from adfq_sim.intsim.program import program_bytes, program_from_bytes
+from adfq_sim.intsim.program import IntegerProgram, program_bytes, program_from_bytes
 from adfq_sim.runs.cells import (Calibration, Cell, Evaluation, assemble, calibrate, check_program, eval_ranges,
                                  evaluate_range, merge)
 from adfq_sim.runs.context import RunContext, build_context
@@ -134,9 +134,9 @@ class RayExecutor:
         return merge(parts)
 
     def run_cells(self, cells: list[Cell], fp32: Evaluation, progress: Any,
-                  on_done: Callable[[Cell, dict], None]) -> None:
-        """All cells at once: Ray schedules their tasks on the free CPUs; each cell is handed to `on_done`
-        as soon as its last task finishes."""
+                  on_done: Callable[[Cell, dict, Optional[IntegerProgram]], None]) -> None:
+        """All cells at once: Ray schedules their tasks on the free CPUs; each cell (its entry and program)
+        is handed to `on_done` as soon as its last task finishes."""
         calibrations = {}
         for cell in cells:
             qmodel, program, summary = _calibrate_task.options(**self._calibration_options(cell)).remote(
@@ -152,7 +152,8 @@ class RayExecutor:
                 _, qmodel, program = calibrations.pop(ready)
                 exported = result.export["exported"]
                 shards = self._evaluate(qmodel, program if exported else None)
-                state[cell] = {"summary": result, "parts": [], "waiting": len(shards) + exported, "checked": None}
+                state[cell] = {"summary": result, "parts": [], "waiting": len(shards) + exported, "checked": None,
+                               "program": program if exported else None}
                 owner.update({ref: (cell, "shard") for ref in shards})
                 if exported:
                     owner[_check_task.options(**self._options()).remote(self.cfg, self.threads, program)] = (cell, "check")
@@ -166,7 +167,8 @@ class RayExecutor:
             entry["waiting"] -= 1
             if entry["waiting"] == 0:
                 del state[cell]
-                on_done(cell, assemble(entry["summary"], merge(entry["parts"]), entry["checked"], fp32))
+                program = None if entry["program"] is None else program_from_bytes(_get(entry["program"]))
+                on_done(cell, assemble(entry["summary"], merge(entry["parts"]), entry["checked"], fp32), program)
 
     def close(self) -> None:
         ray.shutdown()
