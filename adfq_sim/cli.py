@@ -232,8 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our messages at INFO; other libraries' (timm's checkpoint chatter) only from WARNING up.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("adfq_sim").setLevel(logging.INFO)
+    from adfq_sim.progress import heartbeat
+
     try:
-        return args.func(args)
+        with heartbeat():
+            return args.func(args)
     except UserInputError as exc:
         print(f"adfq-sim: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

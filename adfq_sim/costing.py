@@ -23,6 +23,7 @@ from adfq_sim.errors import UserInputError
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.program import IntegerProgram, load_program
 from adfq_sim.models.loading import load_model
+from adfq_sim.progress import bar, step
 from adfq_sim.verification import PROGRAMS_FOLDER, calibrated_program, first_eval_images
 from hw_models.cost import COMPONENTS, Cost, cost
 from hw_models.spec import AcceleratorSpec, load_specs
@@ -90,8 +91,9 @@ def run_cost(cfg: Config) -> list[Path]:
     calib = [images for images, _ in data.batches("calib", cfg.data.batch_size)]
     images = first_eval_images(data, cfg)
     entries: list[dict] = []
-    for bits in cfg.quant.bits:
-        for method in cfg.quant.methods:
+    for bits, method in bar([(b, m) for b in cfg.quant.bits for m in cfg.quant.methods], "cost",
+                            len(cfg.quant.bits) * len(cfg.quant.methods), unit="configuration"):
+        with step(f"{method} {bits}"):
             program, entry = calibrated_program(loaded.model, cfg, method, bits, calib)
             entries.append(entry if program is None else _priced(program, _outliers_per_image(program, images),
                                                                  specs, entry))

@@ -29,6 +29,7 @@ from adfq_sim.intsim.faithful import run_faithful
 from adfq_sim.intsim.program import IntegerProgram, UnsupportedProgramError, describe, load_program, save_program
 from adfq_sim.intsim.verify import LayerReport, format_table, total_mismatches, verify
 from adfq_sim.models.loading import load_model
+from adfq_sim.progress import bar, step
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.model import QuantModel
@@ -140,8 +141,11 @@ def run_verification(cfg: Config, program: Path | None = None) -> tuple[Path, in
         return _write(folder / f"verify-{program.stem}.json", cfg.to_dict(),
                       [_verify_saved(program, images, {"program": str(program)})])
     calib = [images for images, _ in data.batches("calib", cfg.data.batch_size)]
-    entries = [_verify_one(loaded.model, cfg, method, bits, calib, images, folder / PROGRAMS_FOLDER)
-               for bits in cfg.quant.bits for method in cfg.quant.methods]
+    entries = []
+    for bits, method in bar([(b, m) for b in cfg.quant.bits for m in cfg.quant.methods], "verify",
+                            len(cfg.quant.bits) * len(cfg.quant.methods), unit="configuration"):
+        with step(f"{method} {bits}"):
+            entries.append(_verify_one(loaded.model, cfg, method, bits, calib, images, folder / PROGRAMS_FOLDER))
     return _write(folder / "verify.json", cfg.to_dict(), entries)
 
 
@@ -154,7 +158,7 @@ def verify_run(folder: Path) -> tuple[Path, int]:
     _, data = _model_and_data(cfg)
     images = first_eval_images(data, cfg)
     entries = []
-    for result in results["results"]:
+    for result in bar(results["results"], "verify", len(results["results"]), unit="program"):
         entry = {"method": result["method"], "bits": result["bits"]}
         if not result["integer_evaluation"].get("exported"):
             entries.append({**entry, **result["integer_evaluation"]})

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from adfq_sim.data.demo import load_demo_split
 from adfq_sim.models.demo import build_demo_vit
+from adfq_sim.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def train_demo_vit(recipe: DemoTrainRecipe = DemoTrainRecipe()) -> tuple[torch.n
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    for _ in tqdm(range(recipe.epochs), desc="train demo ViT", unit="epoch", disable=None):
+    for _ in bar(range(recipe.epochs), "train demo ViT", recipe.epochs, unit="epoch"):
         model.train()
         order = torch.randperm(len(train_x), generator=gen)
         for start in range(0, len(order), recipe.batch_size):

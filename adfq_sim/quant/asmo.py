@@ -18,9 +18,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from adfq_sim.errors import UserInputError
+from adfq_sim.progress import bar
 from adfq_sim.quant.adaround import AdaRoundWeight
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.modules import QuantConv2d, QuantLinear
@@ -190,7 +190,7 @@ def optimize_unit(unit: nn.Module, q_in: torch.Tensor, fp_in: torch.Tensor, fp_o
         unit.keep_probs = float_unit.keep_probs = True
     try:
         warmup = int(ROUNDING_WARMUP * settings.iters)
-        for it in tqdm(range(settings.iters), desc=desc, unit="it", disable=None, leave=False):
+        for it in bar(range(settings.iters), desc, settings.iters, unit="it", leave=False):
             idx = torch.randperm(n, generator=generator, device="cpu")[:settings.batch_size].to(device)
             x = q_in[idx]
             if settings.drop_prob > 0:

@@ -15,9 +15,9 @@ import torch
 from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
 from torch import nn
-from tqdm import tqdm
 
 from adfq_sim.errors import UserInputError
+from adfq_sim.progress import bar
 from adfq_sim.quant.modules import QuantAttention, QuantConv2d, QuantLinear
 from adfq_sim.quant.quantizers import Quantizer
 from adfq_sim.quant.recipes import Recipe
@@ -125,8 +125,8 @@ class QuantModel(nn.Module):
         for q in quantizers:
             q.begin_calibration()
         try:
-            for images in tqdm(batches, total=total, desc=f"calibrate {self.recipe.name} "
-                               f"w{self.w_bits}a{self.a_bits}", unit="batch", disable=None, leave=False):
+            for images in bar(batches, f"calibrate {self.recipe.name} w{self.w_bits}a{self.a_bits}", total,
+                              unit="batch", leave=False):
                 self.model(images)
         finally:
             for q in quantizers:

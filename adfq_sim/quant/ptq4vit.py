@@ -37,6 +37,7 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from adfq_sim.hooks import attached
+from adfq_sim.progress import bar
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.modules import QuantConv2d, QuantLinear
 from adfq_sim.quant.options import Ptq4vitConfig, QuantConfig
@@ -320,7 +321,8 @@ def hessian_search(qmodel: QuantModel, float_model: nn.Module, calib_batches: Se
     """
     grid = torch.linspace(settings.alpha, settings.beta, settings.candidates)
     batches = _search_batches(calib_batches, settings.images)
-    for layer, data in _captured_layers(qmodel, batches, settings.hessian):
+    layers = _captured_layers(qmodel, batches, settings.hessian)
+    for layer, data in bar(layers, "ptq4vit search", len(_layers(qmodel)), unit="layer", leave=False):
         initial = [_state(q) for q in layer.quantizers]
         before = _distance(layer, data) if log.isEnabledFor(logging.DEBUG) else None
         for _ in range(settings.rounds):

@@ -25,6 +25,7 @@ from adfq_sim.evaluate import agreement, fmt, sqnr_db, top1
 from adfq_sim.intsim.execute import run_simulator
 from adfq_sim.intsim.program import IntegerProgram
 from adfq_sim.intsim.verify import total_mismatches
+from adfq_sim.progress import step
 from adfq_sim.quant.calibrate import quantize_model
 from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.model import QuantModel
@@ -82,9 +83,12 @@ def calibrate(ctx: RunContext, cell: Cell) -> tuple[QuantModel, Optional[Integer
     torch.manual_seed(ctx.cfg.seed)  # whatever consumed random numbers before, this cell starts the same
     w_bits, a_bits = parse_bits(cell.bits)
     start = time.perf_counter()
-    qmodel = quantize_model(ctx.model, build_recipe(cell.method, ctx.cfg.quant), w_bits, a_bits, ctx.calib_batches)
-    calibrate_s = time.perf_counter() - start
-    program, exported = try_export(qmodel, ctx.calib_batches, cell.label)
+    with step(cell.label):
+        qmodel = quantize_model(ctx.model, build_recipe(cell.method, ctx.cfg.quant), w_bits, a_bits,
+                                ctx.calib_batches)
+        calibrate_s = time.perf_counter() - start
+        with step("export"):
+            program, exported = try_export(qmodel, ctx.calib_batches, cell.label)
     summary = Calibration(cell, exported, qmodel.optimization_report, quantizer_forms(qmodel, ctx.distributions),
                           qmodel.calib_outlier_ratios(), calibrate_s, time.perf_counter() - start - calibrate_s)
     return qmodel, program, summary
@@ -158,7 +162,8 @@ def check_program(ctx: RunContext, program: IntegerProgram) -> dict:
     start = time.perf_counter()
     count = min(ctx.cfg.verify.images, ctx.eval_images)
     images = torch.cat([images for images, _ in ctx.data.batches("eval", ctx.cfg.data.batch_size, 0, count)])
-    reports, outliers = compare_codes(program, images)
+    with step(f"verify {program.model} program"):
+        reports, outliers = compare_codes(program, images)
     verified = {"images": len(images), "tensors": len(reports), "mismatches": total_mismatches(reports),
                 "outliers": outliers, "layers": [r.as_dict() for r in reports]}
     per_image = {name: n / len(images) for name, n in outliers["per_tensor"].items()}

@@ -1,9 +1,14 @@
 """One progress bar for a whole run: eval images done over the FP32 reference and every cell, whichever
-executor computes them (cells read back by `--resume` count as done)."""
+executor computes them (cells read back by `--resume` count as done); the same count is the run's step
+in the heartbeat's log lines (`adfq_sim.progress`)."""
 
 from __future__ import annotations
 
+import contextlib
+
 from tqdm import tqdm
+
+from adfq_sim.progress import step
 
 
 class RunProgress:
@@ -11,13 +16,17 @@ class RunProgress:
         self.cells, self.done = cells, done_cells
         initial = eval_images * (done_cells + int(fp32_done))
         self.bar = tqdm(total=eval_images * (cells + 1), initial=initial, desc="run", unit="img", disable=None)
+        self._step = contextlib.ExitStack()
+        self._status = self._step.enter_context(step("run"))
         self._postfix()
 
     def _postfix(self) -> None:
         self.bar.set_postfix_str(f"cells {self.done}/{self.cells}")
+        self._status(f"{self.bar.n}/{self.bar.total} img, cells {self.done}/{self.cells}")
 
     def images(self, count: int) -> None:
         self.bar.update(count)
+        self._postfix()
 
     def cell_done(self) -> None:
         self.done += 1
@@ -25,3 +34,4 @@ class RunProgress:
 
     def close(self) -> None:
         self.bar.close()
+        self._step.close()
