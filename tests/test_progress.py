@@ -35,3 +35,16 @@ def test_steps_leave_the_list_on_errors() -> None:
             for _ in progress.bar([1, 2], "inner", 2):
                 raise RuntimeError("boom")
     assert progress.running() == ""
+
+
+def test_the_run_step_counts_images_with_its_bar_off() -> None:
+    from adfq_sim.runs.progress import RunProgress
+
+    run = RunProgress(eval_images=10, cells=2, done_cells=0, fp32_done=True)
+    try:
+        run.images(4)
+        run.cell_done()
+        assert progress.running() == "run 14/30 img, cells 1/2"
+    finally:
+        run.close()
+    assert progress.running() == ""
