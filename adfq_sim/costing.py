@@ -19,12 +19,11 @@ import torch
 
 from adfq_sim.config import Config
 from adfq_sim.data.sources import build_data_source
-from adfq_sim.errors import UserInputError
 from adfq_sim.intsim.execute import run_simulator
-from adfq_sim.intsim.program import IntegerProgram, load_program
+from adfq_sim.intsim.program import IntegerProgram
 from adfq_sim.models.loading import load_model
 from adfq_sim.progress import bar, step
-from adfq_sim.verification import PROGRAMS_FOLDER, calibrated_program, first_eval_images
+from adfq_sim.verification import calibrated_program, first_eval_images, run_program
 from hw_models.cost import COMPONENTS, Cost, cost
 from hw_models.spec import AcceleratorSpec, load_specs
 from hw_models.workload import workload
@@ -113,14 +112,7 @@ def cost_run(folder: Path, hardware: str | None) -> list[Path]:
         if not integer.get("exported"):
             entries.append({**entry, "exported": False, "reason": integer.get("reason", "not exported")})
             continue
-        path = folder / PROGRAMS_FOLDER / f"{result['method']}_{result['bits']}.npz"
-        if not path.is_file():
-            raise UserInputError(f"{path}: the run has no saved program for {result['method']} {result['bits']} "
-                                 "(runs before this version kept none: run the config again)")
-        try:
-            program = load_program(path)
-        except (OSError, ValueError) as exc:
-            raise UserInputError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+        program = run_program(folder, result)
         verified = integer["verify"]
         per_image = {name: n / verified["images"] for name, n in verified["outliers"]["per_tensor"].items()}
         entries.append(_priced(program, per_image, specs, {**entry, "exported": True}))

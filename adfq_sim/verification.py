@@ -63,8 +63,27 @@ def compare_codes(program: IntegerProgram, images: torch.Tensor) -> tuple[list[L
 
 
 def first_eval_images(data, cfg: Config) -> torch.Tensor:
-    """The first `verify.images` eval images, read batch by batch up to there (never the whole split)."""
-    return torch.cat([images for images, _ in data.batches("eval", cfg.data.batch_size, 0, cfg.verify.images)])
+    """The first `verify.images` eval images (all of a smaller split), read batch by batch up to there,
+    never the whole split."""
+    stop = min(cfg.verify.images, len(data.eval))
+    return torch.cat([images for images, _ in data.batches("eval", cfg.data.batch_size, 0, stop)])
+
+
+def read_program(path: Path) -> IntegerProgram:
+    """A saved program; a missing file or one of another kind or version is a UserInputError naming it."""
+    try:
+        return load_program(path)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+
+
+def run_program(folder: Path, result: dict) -> IntegerProgram:
+    """The program a finished run saved for one of its (exported) results entries."""
+    path = folder / PROGRAMS_FOLDER / f"{result['method']}_{result['bits']}.npz"
+    if not path.is_file():
+        raise UserInputError(f"{path}: the run has no saved program for {result['method']} {result['bits']} "
+                             "(runs before this version kept none: run the config again)")
+    return read_program(path)
 
 
 def save_with_listing(program: IntegerProgram, stem: Path) -> None:
@@ -99,18 +118,15 @@ def _verify_one(model: torch.nn.Module, cfg: Config, method: str, bits: str, cal
             "layers": [r.as_dict() for r in reports]}
 
 
-def _verify_saved(path: Path, images: torch.Tensor, entry: dict) -> dict:
-    """Verify a saved program file on `images`; `entry` holds the keys that name it."""
-    try:
-        program = load_program(path)
-    except (OSError, ValueError) as exc:
-        raise UserInputError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+def _verify_saved(program: IntegerProgram, name: str, images: torch.Tensor, entry: dict) -> dict:
+    """Verify a saved program (`name`: its file or its run entry, for messages) on `images`; `entry`
+    holds the keys that name it in verify.json."""
     image = program.image
     if tuple(images.shape[1:]) != (image.channels, image.height, image.width):
-        raise UserInputError(f"{path}: the program takes {image.channels}x{image.height}x{image.width} images, the "
+        raise UserInputError(f"{name}: the program takes {image.channels}x{image.height}x{image.width} images, the "
                              f"config's data gives {'x'.join(map(str, images.shape[1:]))}")
     reports, outliers = compare_codes(program, images)
-    log.info("%s: simulator vs integer-faithful fake-quant (%d outliers on the sparse path)\n%s", path,
+    log.info("%s: simulator vs integer-faithful fake-quant (%d outliers on the sparse path)\n%s", name,
              outliers["count"], format_table(reports))
     return {**entry, "exported": True, "images": len(images), "mismatches": total_mismatches(reports),
             "outliers": outliers, "layers": [r.as_dict() for r in reports]}
@@ -139,7 +155,7 @@ def run_verification(cfg: Config, program: Path | None = None) -> tuple[Path, in
     folder = Path(cfg.out) / cfg.name
     if program is not None:
         return _write(folder / f"verify-{program.stem}.json", cfg.to_dict(),
-                      [_verify_saved(program, images, {"program": str(program)})])
+                      [_verify_saved(read_program(program), str(program), images, {"program": str(program)})])
     calib = [images for images, _ in data.batches("calib", cfg.data.batch_size)]
     entries = []
     for bits, method in bar([(b, m) for b in cfg.quant.bits for m in cfg.quant.methods], "verify",
@@ -163,9 +179,5 @@ def verify_run(folder: Path) -> tuple[Path, int]:
         if not result["integer_evaluation"].get("exported"):
             entries.append({**entry, **result["integer_evaluation"]})
             continue
-        path = folder / PROGRAMS_FOLDER / f"{result['method']}_{result['bits']}.npz"
-        if not path.is_file():
-            raise UserInputError(f"{path}: the run has no saved program for {result['method']} {result['bits']} "
-                                 "(runs before this version kept none: run the config again)")
-        entries.append(_verify_saved(path, images, entry))
+        entries.append(_verify_saved(run_program(folder, result), f"{entry['method']} {entry['bits']}", images, entry))
     return _write(folder / "verify.json", results["config"], entries)

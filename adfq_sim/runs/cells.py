@@ -31,7 +31,7 @@ from adfq_sim.quant.methods import build_recipe
 from adfq_sim.quant.model import QuantModel
 from adfq_sim.quant.options import parse_bits
 from adfq_sim.runs.context import RunContext
-from adfq_sim.verification import compare_codes, try_export
+from adfq_sim.verification import compare_codes, first_eval_images, try_export
 from hw_models.cost import cost
 from hw_models.workload import workload
 
@@ -160,8 +160,7 @@ def check_program(ctx: RunContext, program: IntegerProgram) -> dict:
     `verify.images` eval images, and priced on each accelerator with PPOQ outliers at the rate measured
     there: {"verify": ..., "cost": {accelerator: ...}, "seconds": ...}."""
     start = time.perf_counter()
-    count = min(ctx.cfg.verify.images, ctx.eval_images)
-    images = torch.cat([images for images, _ in ctx.data.batches("eval", ctx.cfg.data.batch_size, 0, count)])
+    images = first_eval_images(ctx.data, ctx.cfg)
     with step(f"verify {program.model} program"):
         reports, outliers = compare_codes(program, images)
     verified = {"images": len(images), "tensors": len(reports), "mismatches": total_mismatches(reports),
