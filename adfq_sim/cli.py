@@ -126,8 +126,12 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--config", required=required, type=Path, metavar="CFG",
+def _experiment_arguments(parser: argparse.ArgumentParser, or_run_dir: bool = False) -> None:
+    """--config, --out, --seed; with `or_run_dir`, a finished run folder may stand instead of --config."""
+    if or_run_dir:
+        parser.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR",
+                            help="a folder written by `adfq-sim run` (instead of --config)")
+    parser.add_argument("--config", required=not or_run_dir, type=Path, metavar="CFG",
                         help="experiment YAML (see docs/config.md); a file with only a "
                              "hardware section runs the embedded demo")
     parser.add_argument("--out", metavar="DIR", help="parent folder of the run folder (overrides the config's out)")
@@ -170,9 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "calibrated) into RUN_DIR/verify.json. With --program, verify that saved "
                                      "program on the config's data into <out>/<name>/verify-<file stem>.json. "
                                      "Exit status 1 on any mismatch.")
-    ver.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR",
-                     help="a folder written by `adfq-sim run` (instead of --config)")
-    _experiment_arguments(ver, required=False)
+    _experiment_arguments(ver, or_run_dir=True)
     ver.add_argument("--program", type=Path, metavar="FILE",
                      help="a saved IntegerProgram (.npz, e.g. from a previous verify's programs/) to verify "
                           "instead of calibrating the config's methods")
@@ -186,9 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "stderr, <out>/<name>/cost-<accelerator>.json. With a RUN_DIR instead of "
                                       "--config, price the finished run's saved programs with the outlier counts "
                                       "it measured (nothing is calibrated): RUN_DIR/cost-<accelerator>.json.")
-    cost.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR",
-                      help="a folder written by `adfq-sim run` (instead of --config)")
-    _experiment_arguments(cost, required=False)
+    _experiment_arguments(cost, or_run_dir=True)
     cost.add_argument("--hardware", metavar="PRESET_OR_FILE",
                       help="accelerator preset name or spec YAML file (overrides the config's hardware)")
     cost.set_defaults(func=_cmd_cost)
