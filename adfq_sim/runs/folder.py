@@ -6,8 +6,8 @@ program `programs/<method>_<bits>.npz` (with its op listing, `.txt`; written bef
 each written atomically (a temporary file renamed into place), so a kill -9 leaves whole files or none.
 `--resume` reads them back and computes only the rest; at the end the finished folder replaces
 `<out>/<name>/` in one rename, holding only the run's outputs (the programs among them: `adfq-sim cost`
-and `verify` read them instead of calibrating again). An existing run or working folder is never replaced without
-`--overwrite`.
+and `verify` read them instead of calibrating again). An existing run or working folder is never
+replaced without `--overwrite`.
 """
 
 from __future__ import annotations
